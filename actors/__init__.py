@@ -1,0 +1,1 @@
+"""Ray hosting for the runtime: conversation actors, the directory that finds them, provider actors."""

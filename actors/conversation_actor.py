@@ -1,0 +1,111 @@
+"""``ConversationActor``: the one live home of a conversation, activated on demand.
+
+Each conversation is served by exactly one async Ray actor, named after its id, which hosts a
+``ConversationRunner`` (busy flag, runs, run logs). Its state lives in the store, so the actor is
+only a cache: after ``conversation_idle_seconds`` without work it passivates (exits and frees its
+name) and the next call activates a fresh one from the store, as Orleans does with virtual actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import ray
+
+from runtime.conversation_runner import ConversationRunner
+from runtime.events import RunEvent
+from runtime.settings import Settings
+from runtime.store import open_store
+from runtime.turn import TurnRequest
+
+from .provider_actor import ProviderPool
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENCY = 1000  # each stream reader holds one slot while it follows a run
+
+
+class ActorPassivating(Exception):
+    """The actor is exiting; the caller finds or activates the conversation's next actor."""
+
+
+class ConversationActor:
+    def __init__(self, conversation_id: str, settings: Settings) -> None:
+        self._settings = settings
+        self._store = open_store(settings.resolved_store_url)
+        self._runner = ConversationRunner(
+            self._store,
+            ProviderPool(settings, conversation_id),
+            conversation_id,
+            keepalive_seconds=settings.keepalive_seconds,
+            coalesce_interval=settings.coalesce_ms / 1000,
+            coalesce_deltas=settings.coalesce_tokens,
+        )
+        self._activation: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._passivating = False
+
+    async def _ready(self) -> ConversationRunner:
+        if self._passivating:
+            raise ActorPassivating(self._runner.conversation_id)
+        if self._activation is None:
+            self._activation = asyncio.ensure_future(self._activate())
+        await self._activation
+        return self._runner
+
+    async def _activate(self) -> None:
+        try:
+            await self._runner.activate()
+        except Exception:
+            # Nothing to serve (the conversation is gone): leave at once rather than linger.
+            self._passivate()
+            raise
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def send(self, request: TurnRequest) -> AsyncIterator[list[RunEvent]]:
+        runner = await self._ready()
+        async for batch in runner.send(request):
+            yield batch
+
+    async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[RunEvent]]:
+        runner = await self._ready()
+        async for batch in runner.follow(run_id, after):
+            yield batch
+
+    async def active_run(self) -> str | None:
+        return (await self._ready()).active_run_id
+
+    async def cancel(self, run_id: str | None = None) -> list[str]:
+        return await (await self._ready()).cancel(run_id)
+
+    async def shutdown(self) -> None:
+        """Stop serving now (the conversation was deleted): cancel any run, then exit."""
+        await self._runner.cancel()
+        self._passivate()
+
+    # --- passivation ------------------------------------------------------------------------------
+    async def _reap(self) -> None:
+        idle_after = self._settings.conversation_idle_seconds
+        period = min(max(idle_after / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(period)
+            runner = self._runner
+            if runner.idle and time.monotonic() - runner.last_activity >= idle_after:
+                self._passivate()
+                return
+
+    def _passivate(self) -> None:
+        # Set before anything can await, so no call that starts from here on does any work.
+        self._passivating = True
+        try:
+            self._store.close()
+        finally:
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+
+RemoteConversationActor = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=0)(
+    ConversationActor
+)

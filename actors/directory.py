@@ -1,0 +1,143 @@
+"""``Directory``: conversation id -> its live actor, activating one on demand.
+
+Today a conversation's actor is a named, detached Ray actor created with ``get_if_exists=True``,
+an atomic get-or-create across every replica, so there is at most one per conversation in the
+cluster and its busy flag needs no other lock. Callers use only ``open_stream``, ``call`` and
+``retire``, so another placement scheme (a warm pool binding actors on demand) can replace this.
+
+It is also the boundary where Ray's errors become Parley's: an error raised inside the actor
+arrives here wrapped in ``RayTaskError`` and leaves as the original exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from runtime.settings import Settings
+
+from .conversation_actor import ActorPassivating, RemoteConversationActor
+
+ATTEMPTS = 40  # an actor that is passivating frees its name within a few hundred ms
+RETRY_DELAY = 0.05
+
+
+class Directory:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._handles: dict[str, ray.actor.ActorHandle] = {}
+
+    def _actor(self, conversation_id: str) -> ray.actor.ActorHandle:
+        handle = self._handles.get(conversation_id)
+        if handle is None:
+            handle = RemoteConversationActor.options(
+                name=conversation_id,
+                namespace=self._settings.namespace,
+                get_if_exists=True,
+                lifetime="detached",
+            ).remote(conversation_id, self._settings)
+            self._handles[conversation_id] = handle
+        return handle
+
+    def live(self, conversation_id: str) -> ray.actor.ActorHandle | None:
+        """The conversation's actor if one is running, without activating one."""
+        handle = self._handles.get(conversation_id)
+        if handle is not None:
+            return handle
+        try:
+            return ray.get_actor(conversation_id, namespace=self._settings.namespace)
+        except ValueError:
+            return None
+
+    async def open_stream(self, conversation_id: str, method: str, *args: Any) -> Stream:
+        """Start a streaming call and wait for its first item, so that errors raised before the
+        stream starts (busy, not found) surface here, while the HTTP status can still be chosen."""
+        for attempt in range(ATTEMPTS):
+            generator = (
+                getattr(self._actor(conversation_id), method).options(num_returns="streaming").remote(*args)
+            )
+            try:
+                first = await (await generator.__anext__())
+            except StopAsyncIteration:
+                return Stream([], None)
+            except Exception as exc:
+                if _stale(exc) and attempt + 1 < ATTEMPTS:
+                    self._handles.pop(conversation_id, None)
+                    await asyncio.sleep(RETRY_DELAY)
+                    continue
+                raise _unwrap(exc) from None
+            return Stream(first, generator)
+        raise AssertionError("unreachable")
+
+    async def call(self, conversation_id: str, method: str, *args: Any, activate: bool = True) -> Any:
+        """A plain call; with ``activate=False`` it is skipped (returns None) when no actor is live."""
+        for attempt in range(ATTEMPTS):
+            handle = self._actor(conversation_id) if activate else self.live(conversation_id)
+            if handle is None:
+                return None
+            try:
+                return await getattr(handle, method).remote(*args)
+            except Exception as exc:
+                if _stale(exc) and attempt + 1 < ATTEMPTS:
+                    self._handles.pop(conversation_id, None)
+                    if not activate:
+                        return None
+                    await asyncio.sleep(RETRY_DELAY)
+                    continue
+                raise _unwrap(exc) from None
+        raise AssertionError("unreachable")
+
+    async def retire(self, conversation_id: str) -> None:
+        """Stop the conversation's live actor, if any (after the conversation is deleted)."""
+        handle = self.live(conversation_id)
+        self._handles.pop(conversation_id, None)
+        if handle is not None:
+            try:
+                await handle.shutdown.remote()
+            except Exception:  # already gone, or gone while shutting down: either way retired
+                pass
+
+
+class Stream:
+    """A started streaming call: its first batch plus the rest, as an async iterator."""
+
+    def __init__(self, first: Any, generator: Any) -> None:
+        self.first = first
+        self._generator = generator
+        self._exhausted = generator is None
+
+    async def rest(self) -> AsyncIterator[Any]:
+        if self._generator is None:
+            return
+        try:
+            async for ref in self._generator:
+                try:
+                    yield await ref
+                except Exception as exc:
+                    raise _unwrap(exc) from None
+            self._exhausted = True
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the remote generator if the reader leaves before its end (a client disconnect)."""
+        if not self._exhausted and self._generator is not None:
+            self._exhausted = True
+            ray.cancel(self._generator)
+
+
+def _stale(exc: BaseException) -> bool:
+    """The handle points at an actor that has exited or is exiting: look it up again."""
+    if isinstance(exc, RayTaskError):
+        return isinstance(exc.cause, ActorPassivating)
+    return isinstance(exc, RayActorError | ActorPassivating)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        return exc.cause
+    return exc

@@ -1,0 +1,17 @@
+"""Server-wide settings of the fake provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+
+@dataclass(frozen=True, slots=True)
+class FakeLLMOptions:
+    latency: float = 0.0  # seconds before the first byte (the whole reply when not streaming)
+    token_delay: float = 0.0  # seconds between streamed tokens
+    max_context_tokens: int = 32_000  # larger prompts get the provider's context-length 400
+
+
+OPTIONS_KEY = web.AppKey("fake_llm_options", FakeLLMOptions)

@@ -1,0 +1,31 @@
+"""A conversation: one thread of messages with one agent, served by one ConversationActor."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import ids
+from .clock import utcnow
+
+
+class Conversation(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    id: str = Field(default_factory=lambda: ids.new_id(ids.CONVERSATION))
+    agent_id: str
+    summary: str | None = None
+    description: str | None = None
+    model: str | None = None
+    model_settings: dict[str, Any] | None = None
+    context_window_limit: int | None = None
+    archived: bool = False
+    archived_at: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    last_message_at: datetime | None = None
+    # Ids of the messages the model sees, in order: system first. Empty until the first send.
+    in_context_message_ids: list[str] = Field(default_factory=list)

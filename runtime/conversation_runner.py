@@ -1,0 +1,225 @@
+"""``ConversationRunner``: one conversation's turns, strictly one at a time.
+
+It owns the busy flag, the run lifecycle and the runs' event logs, and is plain asyncio: the
+conversation's Ray actor hosts exactly one of these, and unit tests drive one without Ray.
+
+A send is checked and marked busy before the first ``await``, so of two overlapping sends exactly
+one starts and the other fails at once with ``ConversationBusy``. The run itself is an asyncio
+task; the request that started it is only its first reader. The flag is cleared and the run row
+made terminal *before* the stop reason and ``Done`` reach the log, so a client that sends again
+the moment its stream ends is never refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from . import ids
+from .agent_loop import AgentLoop
+from .clock import utcnow
+from .conversation_state import ConversationState
+from .errors import ConversationBusy, InvalidArgument, NotFound
+from .events import Done, RunError, RunEvent, RunStarted, Stopped
+from .message import Message, TextPart
+from .providers.base import Provider
+from .run import Run, RunStatus, StopReason, Usage
+from .run_log import RunLog
+from .store import Page, Store
+from .turn import TurnRequest
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted: the server stopped while this run was in progress"
+RECENT_LOGS = 8  # finished run logs kept for late readers
+
+
+@dataclass
+class ActiveRun:
+    run: Run
+    log: RunLog
+    background: bool
+    usage: Usage = field(default_factory=Usage)
+    task: asyncio.Task[None] | None = None
+
+
+class ConversationRunner:
+    def __init__(
+        self,
+        store: Store,
+        provider: Provider,
+        conversation_id: str,
+        keepalive_seconds: float = 20.0,
+        coalesce_interval: float = 0.05,
+        coalesce_deltas: int = 16,
+    ) -> None:
+        self.store = store
+        self.conversation_id = conversation_id
+        self.keepalive = keepalive_seconds
+        self.loop = AgentLoop(provider, coalesce_interval, coalesce_deltas)
+        self.state: ConversationState | None = None
+        self.active: ActiveRun | None = None
+        self.readers = 0
+        self.last_activity = time.monotonic()
+        self._recent: OrderedDict[str, RunLog] = OrderedDict()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def activate(self) -> None:
+        """Load state and close out runs a previous incarnation left behind (it crashed mid-run)."""
+        self.state = await ConversationState.load(self.store, self.conversation_id)
+        stale = await self.store.list_runs(
+            Page(limit=1000), conversation_id=self.conversation_id, statuses=("created", "running")
+        )
+        for run in stale:
+            run.status = RunStatus.failed
+            run.stop_reason = StopReason.error
+            run.completed_at = utcnow()
+            run.metadata = {**run.metadata, "error": INTERRUPTED}
+            await self.store.update_run(run)
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and self.readers == 0
+
+    @property
+    def active_run_id(self) -> str | None:
+        return self.active.run.id if self.active else None
+
+    # --- sending ----------------------------------------------------------------------------------
+    async def send(self, request: TurnRequest) -> AsyncIterator[list[RunEvent]]:
+        """Start a run and follow its log. Raises ``ConversationBusy`` before yielding anything."""
+        if self.active is not None:
+            raise ConversationBusy.for_run(self.active.run.id)
+        run = Run(
+            agent_id="",
+            conversation_id=self.conversation_id,
+            status=RunStatus.running,
+            background=request.background,
+            metadata=request.run_metadata,
+            request_config=request.request_config,
+        )
+        active = self.active = ActiveRun(run, RunLog(run.id), request.background)
+        self.readers += 1
+        self.last_activity = time.monotonic()
+        try:
+            try:
+                agent, blocks = await self._prepare(active, request)
+            except BaseException:
+                self.active = None
+                raise
+            active.log.append(RunStarted(run_id=run.id))
+            active.task = asyncio.create_task(self._drive(active, request, agent, blocks))
+            async for batch in active.log.follow(0, self.keepalive):
+                yield batch
+        finally:
+            self.readers -= 1
+            self.last_activity = time.monotonic()
+            # A foreground run ends with its request: the client left, so stop spending on it.
+            if active.task is not None and not active.task.done() and not active.background:
+                active.task.cancel()
+
+    async def _prepare(self, active: ActiveRun, request: TurnRequest):
+        assert self.state is not None, "activate() first"
+        state = self.state
+        agent = await self.store.get_agent(state.conversation.agent_id)
+        if agent is None:
+            raise NotFound(
+                f"Agent {state.conversation.agent_id} of conversation {self.conversation_id} not found"
+            )
+        blocks = await self.store.get_blocks(agent.block_ids)
+        active.run.agent_id = agent.id
+        await self.store.create_run(active.run)
+        await state.refresh_system_message(agent, blocks)
+        # The input is stored before the model is called: an accepted message is never lost.
+        await state.append(
+            [
+                Message(
+                    role=m.role,
+                    parts=[TextPart(text=m.text)],
+                    agent_id=agent.id,
+                    conversation_id=self.conversation_id,
+                    run_id=active.run.id,
+                    otid=m.otid or ids.new_otid(),
+                    name=m.name,
+                    sender_id=m.sender_id,
+                )
+                for m in request.messages
+            ]
+        )
+        return agent, blocks
+
+    async def _drive(self, active: ActiveRun, request: TurnRequest, agent, blocks) -> None:
+        run = active.run
+        started = time.monotonic_ns()
+        assert self.state is not None
+        try:
+            stopped = await self.loop.run(run, self.state, agent, blocks, request, active.log, active.usage)
+        except asyncio.CancelledError:
+            stopped = Stopped(run_id=run.id, stop_reason=StopReason.cancelled, usage=active.usage)
+        except Exception as exc:  # a bug or a store failure: end the run, keep the conversation usable
+            log.exception("run %s failed", run.id)
+            stopped = Stopped(
+                run_id=run.id,
+                stop_reason=StopReason.error,
+                usage=active.usage,
+                error=RunError(error_type="internal_error", message=f"{type(exc).__name__}: {exc}"),
+            )
+        run.status = stopped.stop_reason.run_status
+        run.stop_reason = stopped.stop_reason
+        run.usage = stopped.usage
+        run.completed_at = utcnow()
+        run.total_duration_ns = time.monotonic_ns() - started
+        if stopped.error is not None:
+            run.metadata = {**run.metadata, "error": stopped.error.model_dump()}
+        try:
+            await self.store.update_run(run)
+        except Exception:
+            log.exception("could not record the end of run %s", run.id)
+        # Free the conversation first, then tell the readers: their next send must succeed.
+        self.active = None
+        self.last_activity = time.monotonic()
+        self._remember(active.log)
+        active.log.append(stopped)
+        active.log.append(Done(run_id=run.id))
+
+    # --- reading ----------------------------------------------------------------------------------
+    async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[RunEvent]]:
+        """Follow a run's log from ``after``: the active run when ``run_id`` is None."""
+        run_log = self._find_log(run_id)
+        self.readers += 1
+        try:
+            async for batch in run_log.follow(after, self.keepalive):
+                yield batch
+        finally:
+            self.readers -= 1
+            self.last_activity = time.monotonic()
+
+    def _find_log(self, run_id: str | None) -> RunLog:
+        if run_id is None:
+            if self.active is None:
+                raise InvalidArgument("No active runs found for this conversation.")
+            return self.active.log
+        if self.active is not None and self.active.run.id == run_id:
+            return self.active.log
+        found = self._recent.get(run_id)
+        if found is None:
+            raise NotFound(f"Run {run_id} has no stream on conversation {self.conversation_id}")
+        return found
+
+    def _remember(self, run_log: RunLog) -> None:
+        self._recent[run_log.run_id] = run_log
+        while len(self._recent) > RECENT_LOGS:
+            self._recent.popitem(last=False)
+
+    # --- cancelling -------------------------------------------------------------------------------
+    async def cancel(self, run_id: str | None = None) -> list[str]:
+        """Cancel the active run (if it is ``run_id`` when given); returns the ids cancelled."""
+        active = self.active
+        if active is None or (run_id is not None and active.run.id != run_id) or active.task is None:
+            return []
+        active.task.cancel()
+        return [active.run.id]

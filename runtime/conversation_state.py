@@ -1,0 +1,98 @@
+"""A live conversation's cached state: the conversation row and its in-context messages.
+
+Held by the conversation's actor between turns so a turn needs no history reads; every change is
+written through to the store before it is visible to anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .agent import Agent, Block
+from .clock import utcnow
+from .conversation import Conversation
+from .errors import NotFound
+from .memory import compile_system_prompt, same_prompt
+from .message import Message, TextPart
+from .store import Store
+
+
+class ConversationState:
+    def __init__(self, store: Store, conversation: Conversation, context: list[Message]) -> None:
+        self.store = store
+        self.conversation = conversation
+        self.context = context  # system message first once the conversation has started
+
+    @classmethod
+    async def load(cls, store: Store, conversation_id: str) -> ConversationState:
+        conversation = await store.get_conversation(conversation_id)
+        if conversation is None:
+            raise NotFound(f"Conversation {conversation_id} not found")
+        context = await store.get_messages(conversation.in_context_message_ids)
+        return cls(store, conversation, context)
+
+    @property
+    def id(self) -> str:
+        return self.conversation.id
+
+    @property
+    def system_prompt(self) -> str:
+        return self.context[0].text() if self.context else ""
+
+    @property
+    def history(self) -> list[Message]:
+        """The in-context messages after the system message, oldest first."""
+        return self.context[1:]
+
+    async def refresh_system_message(self, agent: Agent, blocks: Sequence[Block]) -> None:
+        """Create the conversation's system message on its first turn; recompile it when memory changed."""
+        now = utcnow()
+        prompt = compile_system_prompt(
+            agent, blocks, self.conversation.id, max(len(self.context) - 1, 0), now
+        )
+        if not self.context:
+            system = Message(
+                role="system",
+                parts=[TextPart(text=prompt)],
+                agent_id=agent.id,
+                conversation_id=self.conversation.id,
+            )
+            await self.append([system])
+            return
+        current = self.context[0]
+        if not same_prompt(current.text(), prompt):
+            updated = current.model_copy(update={"parts": [TextPart(text=prompt)]})
+            await self.store.replace_message(updated)
+            self.context[0] = updated
+
+    async def append(self, messages: Sequence[Message]) -> None:
+        now = utcnow()
+        conversation = self.conversation.model_copy(
+            update={
+                "in_context_message_ids": [
+                    *self.conversation.in_context_message_ids,
+                    *(m.id for m in messages),
+                ],
+                "last_message_at": now,
+                "updated_at": now,
+            }
+        )
+        await self.store.append_messages(messages, conversation)
+        self.conversation = conversation
+        self.context.extend(messages)
+
+    async def drop_from_context(self, message_ids: Sequence[str]) -> None:
+        """Take messages out of the model's context; they stay stored and listed."""
+        dropped = set(message_ids)
+        if not dropped:
+            return
+        conversation = self.conversation.model_copy(
+            update={
+                "in_context_message_ids": [
+                    i for i in self.conversation.in_context_message_ids if i not in dropped
+                ]
+            }
+        )
+        await self.store.update_conversation(conversation)
+        self.conversation = conversation
+        self.context = [m for m in self.context if m.id not in dropped]

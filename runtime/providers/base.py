@@ -1,0 +1,103 @@
+"""The one interface every LLM provider adapter implements, and the typed values crossing it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from ..errors import ParleyError
+from ..message import Message, ReasoningPart, TextPart, ToolCallPart
+
+
+class ToolSchema(BaseModel):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ModelRequest(BaseModel):
+    """One call to a model: everything the adapter needs, nothing about runs or stores."""
+
+    model_config = {"protected_namespaces": ()}
+
+    provider: str  # "openai" | "anthropic"
+    model: str
+    system: str
+    messages: list[Message]  # history after the system message, oldest first
+    tools: list[ToolSchema] = Field(default_factory=list)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    thinking: dict[str, Any] | None = None  # Anthropic extended thinking settings
+    endpoint: str | None = None  # a base URL overriding the provider's default
+
+
+ResponsePart = TextPart | ReasoningPart | ToolCallPart
+
+
+class ModelResponse(BaseModel):
+    parts: list[ResponsePart]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish: Literal["stop", "tool_calls", "length"] = "stop"
+
+
+@dataclass
+class ModelDelta:
+    """A fragment of the response being produced; ``index`` is the part it belongs to."""
+
+    part: Literal["text", "reasoning", "tool_call"]
+    index: int
+    text: str = ""
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+
+@dataclass
+class DeltaBatch:
+    """Deltas coalesced for transport; ``response`` is set on the last batch of a stream."""
+
+    deltas: list[ModelDelta] = field(default_factory=list)
+    response: ModelResponse | None = None
+
+
+ProviderErrorKind = Literal[
+    "context_length",
+    "rate_limit",
+    "server",
+    "timeout",
+    "connection",
+    "bad_request",
+    "auth",
+    "not_found",
+    "other",
+]
+
+
+class ProviderError(ParleyError):
+    """A provider call failed after the SDK's own retries; the run ends with a clear reason."""
+
+    def __init__(self, message: str, kind: ProviderErrorKind = "other", status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.kind, self.status))
+
+
+class Provider(Protocol):
+    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        """Deltas as they arrive, then the assembled ``ModelResponse`` as the last item."""
+        ...
+
+
+@runtime_checkable
+class BatchingProvider(Provider, Protocol):
+    """A provider that hands over token deltas already coalesced (one living in another process)."""
+
+    def stream_batches(self, request: ModelRequest) -> AsyncIterator[DeltaBatch]: ...

@@ -1,0 +1,183 @@
+"""OpenAI chat-completions adapter (also any OpenAI-compatible endpoint), via the official SDK.
+
+The SDK runs on its aiohttp transport: with hundreds of concurrent calls on one event loop it keeps
+up where the default httpx pool falls behind (measured in shared/notes/ray-on-this-machine.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from ..message import Message, TextPart, ToolCallPart, ToolReturnPart
+from .base import ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
+from .sdk_errors import provider_error_from
+
+_FINISH = {"stop": "stop", "tool_calls": "tool_calls", "function_call": "tool_calls", "length": "length"}
+
+
+class OpenAIProvider:
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_retries: int = 2,
+        timeout: float = 300.0,
+    ) -> None:
+        self._api_key = api_key
+        self._base_url = base_url
+        self._max_retries = max_retries
+        self._timeout = timeout
+        self._clients: dict[str | None, openai.AsyncOpenAI] = {}
+
+    def _client(self, endpoint: str | None) -> openai.AsyncOpenAI:
+        base_url = endpoint or self._base_url
+        client = self._clients.get(base_url)
+        if client is None:
+            if not self._api_key:
+                raise ProviderError("OPENAI_API_KEY is not set on the server", "auth")
+            client = openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=base_url,
+                max_retries=self._max_retries,
+                timeout=self._timeout,
+                http_client=openai.DefaultAioHttpClient(),
+            )
+            self._clients[base_url] = client
+        return client
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        try:
+            completion = await self._client(request.endpoint).chat.completions.create(**_params(request))
+        except openai.OpenAIError as exc:
+            raise provider_error_from(exc, openai, "openai") from None
+        choice = completion.choices[0]
+        parts: list[ResponsePart] = []
+        if choice.message.content:
+            parts.append(TextPart(text=choice.message.content))
+        for call in choice.message.tool_calls or []:
+            parts.append(
+                ToolCallPart(id=call.id, name=call.function.name, arguments=call.function.arguments or "{}")
+            )
+        usage = completion.usage
+        return ModelResponse(
+            parts=parts,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish=_FINISH.get(choice.finish_reason or "stop", "stop"),  # type: ignore[arg-type]
+        )
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        assembly = _StreamAssembly()
+        try:
+            stream = await self._client(request.endpoint).chat.completions.create(
+                **_params(request), stream=True, stream_options={"include_usage": True}
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    assembly.prompt_tokens = chunk.usage.prompt_tokens
+                    assembly.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    for delta in assembly.feed(choice.delta):
+                        yield delta
+                    if choice.finish_reason:
+                        assembly.finish = _FINISH.get(choice.finish_reason, "stop")
+        except openai.OpenAIError as exc:
+            raise provider_error_from(exc, openai, "openai") from None
+        yield assembly.response()
+
+
+class _StreamAssembly:
+    """Builds the final response from chunk deltas while handing each fragment on."""
+
+    def __init__(self) -> None:
+        self.parts: list[ResponsePart] = []
+        self.text_index: int | None = None
+        self.tool_index: dict[int, int] = {}  # the SDK's tool-call index -> our part index
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finish = "stop"
+
+    def feed(self, delta: Any) -> list[ModelDelta]:
+        out: list[ModelDelta] = []
+        if delta.content:
+            if self.text_index is None:
+                self.text_index = len(self.parts)
+                self.parts.append(TextPart(text=""))
+            part = self.parts[self.text_index]
+            assert isinstance(part, TextPart)
+            part.text += delta.content
+            out.append(ModelDelta("text", self.text_index, delta.content))
+        for call in delta.tool_calls or []:
+            index = self.tool_index.get(call.index)
+            if index is None:
+                index = self.tool_index[call.index] = len(self.parts)
+                self.parts.append(ToolCallPart(id=call.id or "", name="", arguments=""))
+            part = self.parts[index]
+            assert isinstance(part, ToolCallPart)
+            fn = call.function
+            if call.id:
+                part.id = call.id
+            if fn is not None and fn.name:
+                part.name += fn.name
+            fragment = (fn.arguments or "") if fn is not None else ""
+            part.arguments += fragment
+            out.append(ModelDelta("tool_call", index, fragment, tool_call_id=part.id, tool_name=part.name))
+        return out
+
+    def response(self) -> ModelResponse:
+        for part in self.parts:
+            if isinstance(part, ToolCallPart) and not part.arguments:
+                part.arguments = "{}"
+        return ModelResponse(
+            parts=self.parts,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            finish=self.finish,  # type: ignore[arg-type]
+        )
+
+
+def _params(request: ModelRequest) -> dict[str, Any]:
+    params: dict[str, Any] = {"model": request.model, "messages": to_openai_messages(request)}
+    if request.tools:
+        params["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+            }
+            for t in request.tools
+        ]
+    if request.max_tokens is not None:
+        params["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    return params
+
+
+def to_openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
+    for message in request.messages:
+        out.extend(_openai_message(message))
+    return out
+
+
+def _openai_message(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        return [
+            {"role": "tool", "tool_call_id": p.tool_call_id, "content": p.content}
+            for p in message.parts
+            if isinstance(p, ToolReturnPart)
+        ]
+    if message.role == "assistant":
+        # Reasoning parts are the model's own; chat completions has no way to send them back.
+        entry: dict[str, Any] = {"role": "assistant", "content": message.text() or None}
+        calls = message.tool_calls()
+        if calls:
+            entry["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in calls
+            ]
+        return [entry]
+    return [{"role": message.role, "content": message.text()}]

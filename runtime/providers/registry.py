@@ -1,0 +1,50 @@
+"""Which adapter serves a request: chosen by the provider named in the model handle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from ..settings import ProviderCredentials
+from .base import ModelDelta, ModelRequest, ModelResponse, Provider, ProviderError
+
+KNOWN_PROVIDERS = ("openai", "anthropic")
+
+
+class ProviderRegistry:
+    """A ``Provider`` that dispatches on ``request.provider``; adapters are built on first use."""
+
+    def __init__(
+        self, credentials: ProviderCredentials, max_retries: int = 2, timeout: float = 300.0
+    ) -> None:
+        self._credentials = credentials
+        self._max_retries = max_retries
+        self._timeout = timeout
+        self._adapters: dict[str, Provider] = {}
+
+    def adapter(self, provider: str) -> Provider:
+        adapter = self._adapters.get(provider)
+        if adapter is None:
+            adapter = self._adapters[provider] = self._build(provider)
+        return adapter
+
+    def _build(self, provider: str) -> Provider:
+        creds = self._credentials
+        if provider == "openai":
+            from .openai import OpenAIProvider
+
+            return OpenAIProvider(
+                creds.openai_api_key, creds.openai_base_url, self._max_retries, self._timeout
+            )
+        if provider == "anthropic":
+            from .anthropic import AnthropicProvider
+
+            return AnthropicProvider(
+                creds.anthropic_api_key, creds.anthropic_base_url, self._max_retries, self._timeout
+            )
+        raise ProviderError(f"unknown provider {provider!r}", "not_found")
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        return await self.adapter(request.provider).complete(request)
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        return self.adapter(request.provider).stream(request)

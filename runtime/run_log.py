@@ -1,0 +1,58 @@
+"""``RunLog``: the ordered events of one run, read by any number of followers.
+
+The request that started a run is only one reader of its log; a resumed stream is another. Seq
+numbers start at 1 and have no gaps, so ``after=N`` means "everything I have not seen yet".
+This is the in-memory log kept by the conversation's live actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from .events import Done, Ping, RunEvent
+
+
+class RunLog:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._events: list[RunEvent] = []
+        self._grown = asyncio.Event()
+
+    @property
+    def last_seq(self) -> int:
+        return len(self._events)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._events) and isinstance(self._events[-1], Done)
+
+    def append(self, event: RunEvent) -> RunEvent:
+        event.seq = len(self._events) + 1
+        self._events.append(event)
+        # Wake every waiting follower at once; later waits use a fresh event.
+        self._grown.set()
+        self._grown = asyncio.Event()
+        return event
+
+    def read(self, after: int = 0) -> list[RunEvent]:
+        return self._events[after:]
+
+    async def follow(self, after: int = 0, keepalive: float | None = None) -> AsyncIterator[list[RunEvent]]:
+        """Batches of events after ``after`` until ``Done``; a ``Ping`` each ``keepalive`` s of silence."""
+        position = max(after, 0)
+        while True:
+            if position < len(self._events):
+                batch = self._events[position:]
+                position = len(self._events)
+                yield batch
+                if isinstance(batch[-1], Done):
+                    return
+                continue
+            if self.finished:
+                return
+            grown = self._grown
+            try:
+                await asyncio.wait_for(grown.wait(), keepalive)
+            except TimeoutError:
+                yield [Ping(run_id=self.run_id, seq=position)]

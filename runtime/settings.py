@@ -1,0 +1,66 @@
+"""Server settings: defaults, overridden by ``PARLEY_*`` environment variables, then by CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "PARLEY_"
+
+
+class ProviderCredentials(BaseModel):
+    """Provider keys and endpoints, read once where the server starts and handed to provider actors."""
+
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+
+    @classmethod
+    def from_env(cls) -> ProviderCredentials:
+        env = os.environ
+        return cls(
+            openai_api_key=env.get("OPENAI_API_KEY"),
+            openai_base_url=env.get("OPENAI_BASE_URL"),
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY"),
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL"),
+        )
+
+    def __repr__(self) -> str:  # never print keys
+        return "ProviderCredentials(...)"
+
+    __str__ = __repr__
+
+
+class Settings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8283
+    data_dir: str = Field(default_factory=lambda: str(Path.home() / ".parley"))
+    store_url: str | None = None  # default: sqlite:///<data_dir>/parley.db
+    namespace: str = "parley"  # Ray namespace of the conversation and provider actors
+    conversation_idle_seconds: float = 300.0  # a live conversation actor passivates after this
+    keepalive_seconds: float = 20.0  # ping on a stream after this much silence
+    provider_actors: int = 1
+    provider_max_retries: int = 2
+    provider_timeout_seconds: float = 300.0
+    coalesce_ms: float = 50.0
+    coalesce_tokens: int = 16
+    ray_address: str | None = None  # join an existing cluster instead of starting one
+    ray_num_cpus: int | None = None
+    ray_object_store_mb: int = 128
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{Path(self.data_dir).expanduser() / 'parley.db'}"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = os.environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,126 @@
+"""The ``Store`` interface every backend implements.
+
+The store is the truth; actors only cache. Everything acknowledged to a client is written here
+first. Methods are async so a networked backend fits the same shape; the SQLite backend answers
+inline because its calls take tens of microseconds and a thread hop would cost more.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ..agent import Agent, Block
+from ..conversation import Conversation
+from ..message import Message
+from ..run import Run
+
+Order = Literal["asc", "desc"]
+
+
+@dataclass(frozen=True)
+class Page:
+    """Cursor arguments of a list call. Cursors are ids of rows of the same listing."""
+
+    limit: int = 50
+    order: Order = "desc"
+    after: str | None = None
+    before: str | None = None
+
+
+class Store(abc.ABC):
+    # --- agents and blocks -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_agent(self, agent: Agent, blocks: Sequence[Block]) -> None: ...
+
+    @abc.abstractmethod
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+    @abc.abstractmethod
+    async def list_agents(
+        self, page: Page, name: str | None = None, tags: Sequence[str] = (), match_all_tags: bool = False
+    ) -> list[Agent]: ...
+
+    @abc.abstractmethod
+    async def update_agent(self, agent: Agent, new_blocks: Sequence[Block] = ()) -> None:
+        """Replace the agent row; ``new_blocks`` are created alongside in the same transaction."""
+
+    @abc.abstractmethod
+    async def delete_agent(self, agent_id: str) -> bool:
+        """Delete the agent with its blocks, conversations, messages and runs."""
+
+    @abc.abstractmethod
+    async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
+        """Blocks in the order of ``block_ids``; missing ids are skipped."""
+
+    # --- conversations -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_conversation(self, conversation: Conversation) -> None: ...
+
+    @abc.abstractmethod
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    @abc.abstractmethod
+    async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]: ...
+
+    @abc.abstractmethod
+    async def update_conversation(self, conversation: Conversation) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_conversation(self, conversation_id: str) -> bool: ...
+
+    # --- messages ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_messages(
+        self, messages: Sequence[Message], conversation: Conversation | None = None
+    ) -> None:
+        """Append in order, assigning ``position``; if ``conversation`` is given, save it in the same
+        transaction (its in-context ids and timestamps move with the messages)."""
+
+    @abc.abstractmethod
+    async def replace_message(self, message: Message) -> None:
+        """Rewrite a stored message in place, keeping its position (system prompt recompiles)."""
+
+    @abc.abstractmethod
+    async def get_messages(self, message_ids: Sequence[str]) -> list[Message]:
+        """Messages in the order of ``message_ids``; missing ids are skipped."""
+
+    @abc.abstractmethod
+    async def list_messages(
+        self, conversation_id: str, page: Page, agent_id: str | None = None
+    ) -> list[Message]:
+        """Messages of a conversation; cursors are absolute (``after`` = newer than, ``before`` =
+        older than the cursor message), ``order`` picks newest-first or oldest-first."""
+
+    # --- runs --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_run(self, run: Run) -> None: ...
+
+    @abc.abstractmethod
+    async def update_run(self, run: Run) -> None: ...
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        page: Page,
+        agent_id: str | None = None,
+        conversation_id: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[Run]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def open_store(url: str) -> Store:
+    """A store for ``url``: ``sqlite:///path/to/file.db`` (the default) or a backend added later."""
+    if url.startswith("sqlite://"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore(url.removeprefix("sqlite://"))
+    raise ValueError(f"unsupported store url {url!r}: expected sqlite:///path")

@@ -1,0 +1,340 @@
+"""``SqliteStore``: the embedded default. One file, WAL mode, safe for several processes.
+
+Every row keeps its object as JSON in ``data`` plus the few columns that queries filter on. ``pos``
+is an autoincrement column: listings order by it (creation order without timestamp ties) and
+cursors translate an id into its ``pos``. Writes are short ``BEGIN IMMEDIATE`` transactions, so
+concurrent writers from other processes wait on ``busy_timeout`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from ..agent import Agent, Block
+from ..conversation import Conversation
+from ..message import Message
+from ..run import Run
+from .base import Page, Store
+
+M = TypeVar("M", bound=BaseModel)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS agent_tags (
+    agent_id TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (agent_id, tag));
+CREATE INDEX IF NOT EXISTS agent_tags_tag ON agent_tags (tag);
+CREATE TABLE IF NOT EXISTS blocks (
+    id TEXT PRIMARY KEY, owner_agent_id TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS blocks_owner ON blocks (owner_agent_id);
+CREATE TABLE IF NOT EXISTS conversations (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, agent_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS conversations_agent ON conversations (agent_id, pos);
+CREATE TABLE IF NOT EXISTS messages (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, agent_id TEXT NOT NULL,
+    conversation_id TEXT, run_id TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, pos);
+CREATE INDEX IF NOT EXISTS messages_agent ON messages (agent_id, pos);
+CREATE INDEX IF NOT EXISTS messages_run ON messages (run_id, pos);
+CREATE TABLE IF NOT EXISTS runs (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, agent_id TEXT NOT NULL,
+    conversation_id TEXT, status TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, pos);
+CREATE INDEX IF NOT EXISTS runs_conversation ON runs (conversation_id, pos);
+"""
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE) where several rows move together.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a process crash (kill -9); only power loss may drop the last commits.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _one(self, model: type[M], sql: str, args: Sequence[object]) -> M | None:
+        row = self._db.execute(sql, args).fetchone()
+        return model.model_validate_json(row[0]) if row else None
+
+    def _many(self, model: type[M], sql: str, args: Sequence[object]) -> list[M]:
+        return [model.model_validate_json(row[0]) for row in self._db.execute(sql, args)]
+
+    def _pos(self, table: str, row_id: str | None) -> int | None:
+        if row_id is None:
+            return None
+        row = self._db.execute(f"SELECT pos FROM {table} WHERE id = ?", (row_id,)).fetchone()
+        return row[0] if row else None
+
+    def _relative_page(
+        self, table: str, columns: str, where: list[str], args: list[object], page: Page
+    ) -> tuple[str, list[object], bool]:
+        """SQL for a listing whose cursors are relative to the requested order.
+
+        Returns (sql, args, reverse): with ``before`` we fetch the rows nearest the cursor and the
+        caller flips them back into the requested order.
+        """
+        desc = page.order == "desc"
+        reverse = False
+        after_pos = self._pos(table, page.after)
+        before_pos = self._pos(table, page.before)
+        if after_pos is not None:
+            where.append("pos < ?" if desc else "pos > ?")
+            args.append(after_pos)
+        if before_pos is not None:
+            where.append("pos > ?" if desc else "pos < ?")
+            args.append(before_pos)
+            if after_pos is None:
+                desc, reverse = not desc, True
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {columns} FROM {table} {clause} ORDER BY pos {'DESC' if desc else 'ASC'} LIMIT ?"
+        args.append(page.limit)
+        return sql, args, reverse
+
+    # --- agents and blocks ---------------------------------------------------------------------
+    async def create_agent(self, agent: Agent, blocks: Sequence[Block]) -> None:
+        with self._tx() as db:
+            self._insert_blocks(db, blocks, agent.id)
+            db.execute(
+                "INSERT INTO agents (id, name, data) VALUES (?, ?, ?)",
+                (agent.id, agent.name, agent.model_dump_json()),
+            )
+            self._write_tags(db, agent)
+
+    def _insert_blocks(self, db: sqlite3.Connection, blocks: Iterable[Block], owner: str) -> None:
+        db.executemany(
+            "INSERT INTO blocks (id, owner_agent_id, data) VALUES (?, ?, ?)",
+            [(b.id, owner, b.model_dump_json()) for b in blocks],
+        )
+
+    def _write_tags(self, db: sqlite3.Connection, agent: Agent) -> None:
+        db.execute("DELETE FROM agent_tags WHERE agent_id = ?", (agent.id,))
+        db.executemany(
+            "INSERT OR IGNORE INTO agent_tags (agent_id, tag) VALUES (?, ?)",
+            [(agent.id, t) for t in agent.tags],
+        )
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        return self._one(Agent, "SELECT data FROM agents WHERE id = ?", (agent_id,))
+
+    async def list_agents(
+        self, page: Page, name: str | None = None, tags: Sequence[str] = (), match_all_tags: bool = False
+    ) -> list[Agent]:
+        where: list[str] = []
+        args: list[object] = []
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        if tags:
+            marks = ",".join("?" * len(tags))
+            if match_all_tags:
+                where.append(
+                    f"id IN (SELECT agent_id FROM agent_tags WHERE tag IN ({marks}) "
+                    "GROUP BY agent_id HAVING COUNT(DISTINCT tag) = ?)"
+                )
+                args += [*tags, len(set(tags))]
+            else:
+                where.append(f"id IN (SELECT agent_id FROM agent_tags WHERE tag IN ({marks}))")
+                args += list(tags)
+        sql, args, reverse = self._relative_page("agents", "data", where, args, page)
+        agents = self._many(Agent, sql, args)
+        return agents[::-1] if reverse else agents
+
+    async def update_agent(self, agent: Agent, new_blocks: Sequence[Block] = ()) -> None:
+        with self._tx() as db:
+            self._insert_blocks(db, new_blocks, agent.id)
+            db.execute(
+                "UPDATE agents SET name = ?, data = ? WHERE id = ?",
+                (agent.name, agent.model_dump_json(), agent.id),
+            )
+            self._write_tags(db, agent)
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount
+            for table in ("conversations", "messages", "runs"):
+                db.execute(f"DELETE FROM {table} WHERE agent_id = ?", (agent_id,))
+            db.execute("DELETE FROM agent_tags WHERE agent_id = ?", (agent_id,))
+            db.execute("DELETE FROM blocks WHERE owner_agent_id = ?", (agent_id,))
+        return gone > 0
+
+    async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
+        if not block_ids:
+            return []
+        marks = ",".join("?" * len(block_ids))
+        found = {
+            b.id: b
+            for b in self._many(Block, f"SELECT data FROM blocks WHERE id IN ({marks})", list(block_ids))
+        }
+        return [found[i] for i in block_ids if i in found]
+
+    # --- conversations -------------------------------------------------------------------------
+    async def create_conversation(self, conversation: Conversation) -> None:
+        self._db.execute(
+            "INSERT INTO conversations (id, agent_id, data) VALUES (?, ?, ?)",
+            (conversation.id, conversation.agent_id, conversation.model_dump_json()),
+        )
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        return self._one(Conversation, "SELECT data FROM conversations WHERE id = ?", (conversation_id,))
+
+    async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]:
+        where: list[str] = []
+        args: list[object] = []
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            args.append(agent_id)
+        sql, args, reverse = self._relative_page("conversations", "data", where, args, page)
+        found = self._many(Conversation, sql, args)
+        return found[::-1] if reverse else found
+
+    async def update_conversation(self, conversation: Conversation) -> None:
+        self._db.execute(
+            "UPDATE conversations SET data = ? WHERE id = ?",
+            (conversation.model_dump_json(), conversation.id),
+        )
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
+            db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+            db.execute("DELETE FROM runs WHERE conversation_id = ?", (conversation_id,))
+        return gone > 0
+
+    # --- messages ------------------------------------------------------------------------------
+    async def append_messages(
+        self, messages: Sequence[Message], conversation: Conversation | None = None
+    ) -> None:
+        with self._tx() as db:
+            for message in messages:
+                cursor = db.execute(
+                    "INSERT INTO messages (id, agent_id, conversation_id, run_id, data) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        message.id,
+                        message.agent_id,
+                        message.conversation_id,
+                        message.run_id,
+                        _message_json(message),
+                    ),
+                )
+                message.position = cursor.lastrowid
+            if conversation is not None:
+                db.execute(
+                    "UPDATE conversations SET data = ? WHERE id = ?",
+                    (conversation.model_dump_json(), conversation.id),
+                )
+
+    async def replace_message(self, message: Message) -> None:
+        self._db.execute("UPDATE messages SET data = ? WHERE id = ?", (_message_json(message), message.id))
+
+    async def get_messages(self, message_ids: Sequence[str]) -> list[Message]:
+        if not message_ids:
+            return []
+        marks = ",".join("?" * len(message_ids))
+        found = {
+            m.id: m
+            for m in self._messages(
+                f"SELECT pos, data FROM messages WHERE id IN ({marks})", list(message_ids)
+            )
+        }
+        return [found[i] for i in message_ids if i in found]
+
+    async def list_messages(
+        self, conversation_id: str, page: Page, agent_id: str | None = None
+    ) -> list[Message]:
+        where = ["conversation_id = ?"]
+        args: list[object] = [conversation_id]
+        # Absolute cursors: after = newer than, before = older than, whatever the order.
+        after_pos = self._pos("messages", page.after)
+        before_pos = self._pos("messages", page.before)
+        if after_pos is not None:
+            where.append("pos > ?")
+            args.append(after_pos)
+        if before_pos is not None:
+            where.append("pos < ?")
+            args.append(before_pos)
+        sql = (
+            f"SELECT pos, data FROM messages WHERE {' AND '.join(where)} "
+            f"ORDER BY pos {'DESC' if page.order == 'desc' else 'ASC'} LIMIT ?"
+        )
+        return self._messages(sql, [*args, page.limit])
+
+    def _messages(self, sql: str, args: Sequence[object]) -> list[Message]:
+        found = []
+        for pos, data in self._db.execute(sql, args):
+            message = Message.model_validate_json(data)
+            message.position = pos  # the row's own position, not stored in the JSON
+            found.append(message)
+        return found
+
+    # --- runs ----------------------------------------------------------------------------------
+    async def create_run(self, run: Run) -> None:
+        self._db.execute(
+            "INSERT INTO runs (id, agent_id, conversation_id, status, data) VALUES (?, ?, ?, ?, ?)",
+            (run.id, run.agent_id, run.conversation_id, run.status.value, run.model_dump_json()),
+        )
+
+    async def update_run(self, run: Run) -> None:
+        self._db.execute(
+            "UPDATE runs SET status = ?, data = ? WHERE id = ?",
+            (run.status.value, run.model_dump_json(), run.id),
+        )
+
+    async def get_run(self, run_id: str) -> Run | None:
+        return self._one(Run, "SELECT data FROM runs WHERE id = ?", (run_id,))
+
+    async def list_runs(
+        self,
+        page: Page,
+        agent_id: str | None = None,
+        conversation_id: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[Run]:
+        where: list[str] = []
+        args: list[object] = []
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            args.append(agent_id)
+        if conversation_id is not None:
+            where.append("conversation_id = ?")
+            args.append(conversation_id)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += list(statuses)
+        sql, args, reverse = self._relative_page("runs", "data", where, args, page)
+        found = self._many(Run, sql, args)
+        return found[::-1] if reverse else found
+
+
+def _message_json(message: Message) -> str:
+    return message.model_dump_json(exclude={"position"})
+
+
+class _Transaction:
+    """``with`` block around BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,37 @@
+"""The FastAPI app and the Ray Serve deployment that hosts it."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+
+from runtime import __version__
+from runtime.settings import Settings
+
+from . import errors, health, services
+from .letta import agents, conversations
+
+MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5 would queue them
+
+
+def build_app() -> FastAPI:
+    app = FastAPI(title="Parley", version=__version__, docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(agents.router)
+    app.include_router(conversations.router)
+    return app
+
+
+app = build_app()
+
+
+@serve.deployment(
+    name="ParleyIngress",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+)
+@serve.ingress(app)
+class ParleyIngress:
+    def __init__(self, settings: Settings) -> None:
+        services.install(services.Services.start(settings))

@@ -1,0 +1,89 @@
+"""Starting Parley: Ray (local, or joining a cluster), Serve's HTTP proxy, provider actors, the app.
+
+Used by ``parley serve``; blocks until SIGINT/SIGTERM, then shuts Serve and Ray down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import ray
+from ray import serve
+from ray.serve.config import HTTPOptions
+from ray.serve.schema import LoggingConfig
+
+from actors.provider_actor import start_provider_actors
+from runtime.settings import ProviderCredentials, Settings
+
+from .app import ParleyIngress
+
+APP_NAME = "parley"
+# Ray rewrites 127.0.0.1 to the machine's network address; any other loopback address is kept,
+# which keeps a single-node Parley's internal traffic on loopback (Linux routes all of 127/8).
+LOOPBACK_NODE_IP = "127.0.0.2"
+
+
+def init_ray(settings: Settings) -> None:
+    if settings.ray_address:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address=settings.ray_address, namespace=settings.namespace, logging_level=logging.WARNING)
+        return
+    node_ip = os.environ.get("PARLEY_RAY_NODE_IP") or (LOOPBACK_NODE_IP if sys.platform == "linux" else None)
+    ray.init(
+        num_cpus=settings.ray_num_cpus,
+        include_dashboard=False,
+        object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
+        namespace=settings.namespace,
+        logging_level=logging.WARNING,
+        _node_ip_address=node_ip,
+        configure_logging=True,
+    )
+
+
+def start(settings: Settings, credentials: ProviderCredentials) -> None:
+    """Bring everything up and return once the HTTP API answers."""
+    init_ray(settings)
+    quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
+    serve.start(http_options=HTTPOptions(host=settings.host, port=settings.port), logging_config=quiet)
+    start_provider_actors(settings, credentials)
+    serve.run(
+        ParleyIngress.options(logging_config=quiet).bind(settings),
+        name=APP_NAME,
+        route_prefix="/",
+        blocking=False,
+    )
+
+
+def stop() -> None:
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def serve_forever(settings: Settings, credentials: ProviderCredentials) -> int:
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    began = time.monotonic()
+    start(settings, credentials)
+    where = f"http://{settings.host}:{settings.port}"
+    print(
+        f"Parley listening on {where} (store: {settings.resolved_store_url}; "
+        f"ready in {time.monotonic() - began:.1f}s; Ctrl-C to stop)",
+        flush=True,
+    )
+    while not stopping.wait(1.0):
+        pass
+    print("Parley shutting down", flush=True)
+    stop()
+    return 0

@@ -1,0 +1,122 @@
+"""The one error mapper: domain errors -> status codes, in each surface's body shape.
+
+Letta routes answer ``{"detail": ...}``; OpenAI routes (under /openai) answer
+``{"error": {"message", "type", "param", "code"}}``. A 409 carries ``x-should-retry: false``: both
+official SDKs retry 409 twice by default, which would hide the conflict from the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from runtime.errors import (
+    Conflict,
+    ConversationBusy,
+    InvalidArgument,
+    NotFound,
+    ParleyError,
+    ValidationFailed,
+)
+
+log = logging.getLogger(__name__)
+
+NO_RETRY = {"x-should-retry": "false"}
+
+_STATUS: list[tuple[type[ParleyError], int]] = [
+    (NotFound, 404),
+    (InvalidArgument, 400),
+    (ValidationFailed, 422),
+    (ConversationBusy, 409),
+    (Conflict, 409),
+]
+# Letta words the message of some errors with a code prefix ("INVALID_ARGUMENT: ...").
+_LETTA_PREFIX: dict[type[ParleyError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    ConversationBusy: "CONFLICT",
+    Conflict: "CONFLICT",
+}
+_OPENAI_TYPE = {
+    404: "invalid_request_error",
+    400: "invalid_request_error",
+    422: "invalid_request_error",
+    409: "conflict_error",
+    500: "server_error",
+}
+
+
+def status_of(exc: ParleyError) -> int:
+    return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
+
+
+def is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/openai/")
+
+
+def error_response(request: Request, exc: ParleyError) -> JSONResponse:
+    status = status_of(exc)
+    headers = NO_RETRY if status == 409 else None
+    if is_openai(request):
+        body: dict[str, Any] = {
+            "error": {
+                "message": exc.message,
+                "type": _OPENAI_TYPE.get(status, "invalid_request_error"),
+                "param": getattr(exc, "param", None),
+                "code": exc.code.lower(),
+            }
+        }
+    else:
+        prefix = next((p for cls, p in _LETTA_PREFIX.items() if isinstance(exc, cls)), None)
+        body = {"detail": f"{prefix}: {exc.message}" if prefix else exc.message}
+        if isinstance(exc, ConversationBusy):
+            body["code"] = exc.code
+            if exc.run_id:
+                body["run_id"] = exc.run_id
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    """One readable line per failing field, e.g. ``body.messages.0.role: Input should be 'user'``."""
+    lines = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        lines.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(lines) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ParleyError)
+    async def on_parley_error(request: Request, exc: ParleyError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = f"Invalid request: {describe_validation(exc)}"
+        if is_openai(request):
+            first = exc.errors()[0] if exc.errors() else {}
+            param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+            body = {
+                "error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+            }
+            return JSONResponse(body, status_code=400)
+        return JSONResponse({"detail": message}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if is_openai(request):
+            body: dict[str, Any] = {
+                "error": {
+                    "message": "An unknown error occurred",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        else:
+            body = {"detail": "An unknown error occurred"}
+        return JSONResponse(body, status_code=500)

@@ -1,0 +1,1 @@
+"""The Letta REST surface (/v1): request schemas, rendering, routes."""

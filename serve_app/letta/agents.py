@@ -1,0 +1,207 @@
+"""``/v1/agents``: create, retrieve, list, update, delete."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import ValidationError
+
+from runtime import ids
+from runtime.agent import DEFAULT_BLOCK_LIMIT, Agent, Block, EmbeddingConfig, LLMConfig
+from runtime.clock import utcnow
+from runtime.errors import InvalidArgument, NotFound, ValidationFailed
+from runtime.handles import embedding_config_for, llm_config_for
+from runtime.store import Page
+from serve_app.routing import collection, require_id
+from serve_app.services import Services, ServicesDep
+
+from . import render
+from .schemas import CreateAgent, CreateBlock, UpdateAgent
+
+router = APIRouter()
+
+# Our own words for the two conventional labels, used when the client gives no description.
+_DEFAULT_DESCRIPTIONS = {
+    "persona": "Who you are: your character, tone and the way you answer.",
+    "human": "What you know about the user you are talking with.",
+}
+_ADJECTIVES = ("amber", "brisk", "calm", "deft", "eager", "fond", "keen", "lucid", "merry", "nimble")
+_NOUNS = ("otter", "heron", "lynx", "finch", "marten", "ibis", "puffin", "wren", "stoat", "koi")
+
+
+def _random_name() -> str:
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.token_hex(2)}"
+
+
+def _llm_config(
+    field_config: dict[str, Any] | None, handle: str | None, window: int | None, max_tokens: int | None
+) -> LLMConfig:
+    if field_config is not None:
+        try:
+            config = LLMConfig.model_validate(field_config)
+        except ValidationError as exc:
+            raise ValidationFailed(
+                f"llm_config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+            ) from None
+        if window:
+            config.context_window = min(config.context_window, window)
+        if max_tokens:
+            config.max_tokens = max_tokens
+        return config
+    if handle:
+        return llm_config_for(handle, window, max_tokens)
+    raise InvalidArgument("Must specify either model or llm_config")
+
+
+def _embedding_config(field_config: dict[str, Any] | None, handle: str | None) -> EmbeddingConfig | None:
+    if field_config is not None:
+        try:
+            return EmbeddingConfig.model_validate(field_config)
+        except ValidationError as exc:
+            raise ValidationFailed(
+                f"embedding_config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+            ) from None
+    return embedding_config_for(handle) if handle else None
+
+
+def _new_block(spec: CreateBlock) -> Block:
+    return Block(
+        label=spec.label,
+        value=spec.value,
+        limit=spec.limit or max(DEFAULT_BLOCK_LIMIT, len(spec.value)),
+        description=spec.description or _DEFAULT_DESCRIPTIONS.get(spec.label),
+        read_only=spec.read_only,
+        metadata=spec.metadata or {},
+        hidden=spec.hidden,
+        tags=spec.tags,
+    )
+
+
+async def _existing_blocks(services: Services, block_ids: list[str]) -> list[Block]:
+    for block_id in block_ids:
+        require_id(ids.BLOCK, block_id, "block_ids")
+    found = await services.store.get_blocks(block_ids)
+    missing = set(block_ids) - {b.id for b in found}
+    if missing:
+        raise NotFound(f"Block {sorted(missing)[0]} not found")
+    return found
+
+
+def _reject_tools(tool_ids: list[str] | None, tools: list[str] | None) -> None:
+    # No tools are registered on this server yet, so any reference to one is to an unknown tool.
+    if tool_ids:
+        raise NotFound(f"tool_ids: Tool {tool_ids[0]} not found")
+    if tools:
+        raise NotFound(f"tools: Tool {tools[0]!r} not found")
+
+
+async def load_agent(services: Services, agent_id: str) -> tuple[Agent, list[Block]]:
+    require_id(ids.AGENT, agent_id, "agent_id")
+    agent = await services.store.get_agent(agent_id)
+    if agent is None:
+        raise NotFound(f"Agent with ID {agent_id} not found")
+    return agent, await services.store.get_blocks(agent.block_ids)
+
+
+@collection(router, "POST", "/v1/agents")
+async def create_agent(body: CreateAgent, services: ServicesDep) -> dict[str, Any]:
+    _reject_tools(body.tool_ids, body.tools)
+    llm_config = _llm_config(body.llm_config, body.model, body.context_window_limit, body.max_tokens)
+    embedding_config = _embedding_config(body.embedding_config, body.embedding)
+    new_blocks = [_new_block(spec) for spec in body.memory_blocks or []]
+    attached = await _existing_blocks(services, body.block_ids or [])
+    blocks = new_blocks + attached
+    labels = [b.label for b in blocks]
+    duplicate = next((label for label in labels if labels.count(label) > 1), None)
+    if duplicate is not None:
+        raise ValidationFailed(f"memory_blocks: more than one block has the label {duplicate!r}")
+    fields: dict[str, Any] = {
+        "name": body.name or _random_name(),
+        "description": body.description,
+        "metadata": body.metadata,
+        "tags": body.tags or [],
+        "model": body.model or llm_config.handle,
+        "embedding": body.embedding or (embedding_config.handle if embedding_config else None),
+        "llm_config": llm_config,
+        "embedding_config": embedding_config,
+        "model_settings": body.model_settings,
+        "block_ids": [b.id for b in blocks],
+    }
+    if body.agent_type:
+        fields["agent_type"] = body.agent_type
+    if body.system is not None:
+        fields["system"] = body.system
+    if body.timezone:
+        fields["timezone"] = body.timezone
+    agent = Agent(**fields)
+    await services.store.create_agent(agent, new_blocks)
+    return render.agent_state(agent, blocks)
+
+
+@collection(router, "GET", "/v1/agents")
+async def list_agents(
+    services: ServicesDep,
+    name: str | None = None,
+    tags: Annotated[list[str] | None, Query()] = None,
+    match_all_tags: bool = False,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    order: Literal["asc", "desc"] = "desc",
+) -> list[dict[str, Any]]:
+    agents = await services.store.list_agents(
+        Page(limit=limit, order=order, after=after, before=before), name, tags or (), match_all_tags
+    )
+    return [render.agent_state(a, await services.store.get_blocks(a.block_ids)) for a in agents]
+
+
+@router.get("/v1/agents/{agent_id}")
+async def retrieve_agent(agent_id: str, services: ServicesDep) -> dict[str, Any]:
+    agent, blocks = await load_agent(services, agent_id)
+    return render.agent_state(agent, blocks)
+
+
+@router.patch("/v1/agents/{agent_id}")
+async def update_agent(agent_id: str, body: UpdateAgent, services: ServicesDep) -> dict[str, Any]:
+    agent, _ = await load_agent(services, agent_id)
+    given = body.model_fields_set
+    _reject_tools(body.tool_ids, None)
+    changes: dict[str, Any] = {
+        name: getattr(body, name)
+        for name in ("name", "system", "description", "metadata", "model_settings", "timezone")
+        if name in given
+    }
+    if "tags" in given:
+        changes["tags"] = body.tags or []
+    if "llm_config" in given and body.llm_config is not None:
+        changes["llm_config"] = _llm_config(body.llm_config, None, body.context_window_limit, body.max_tokens)
+        changes["model"] = changes["llm_config"].handle
+    elif given & {"model", "context_window_limit", "max_tokens"}:
+        handle = body.model or agent.model or agent.llm_config.handle
+        if handle is None:
+            raise InvalidArgument("model: the agent has no model handle to rebuild llm_config from")
+        changes["llm_config"] = llm_config_for(
+            handle, body.context_window_limit, body.max_tokens or agent.llm_config.max_tokens
+        )
+        changes["model"] = handle
+    if "embedding_config" in given or "embedding" in given:
+        changes["embedding_config"] = _embedding_config(body.embedding_config, body.embedding)
+        changes["embedding"] = changes["embedding_config"].handle if changes["embedding_config"] else None
+    if "block_ids" in given:
+        changes["block_ids"] = [b.id for b in await _existing_blocks(services, body.block_ids or [])]
+    updated = agent.model_copy(update={**changes, "updated_at": utcnow()})
+    await services.store.update_agent(updated)
+    return render.agent_state(updated, await services.store.get_blocks(updated.block_ids))
+
+
+@router.delete("/v1/agents/{agent_id}")
+async def delete_agent(agent_id: str, services: ServicesDep) -> dict[str, str]:
+    agent, _ = await load_agent(services, agent_id)
+    # Stop the agent's live conversation actors before their rows disappear.
+    conversations = await services.store.list_conversations(agent.id, Page(limit=1_000_000))
+    for conversation in conversations:
+        await services.directory.retire(conversation.id)
+    await services.store.delete_agent(agent.id)
+    return {"message": f"Agent id={agent.id} successfully deleted"}

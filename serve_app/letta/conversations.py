@@ -1,0 +1,151 @@
+"""``/v1/conversations``: conversations of an agent, their messages, sends and stream resumes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from runtime import ids
+from runtime.clock import utcnow
+from runtime.conversation import Conversation
+from runtime.errors import Conflict, InvalidArgument, NotFound
+from runtime.handles import split_handle
+from runtime.store import Page
+from serve_app.routing import collection, require_id
+from serve_app.services import Services, ServicesDep
+
+from . import render
+from .agents import load_agent
+from .schemas import CreateConversation, RetrieveStream, SendMessages, UpdateConversation
+from .sending import json_response, sse_response, turn_request
+
+router = APIRouter()
+
+
+async def load_conversation(services: Services, conversation_id: str) -> Conversation:
+    require_id(ids.CONVERSATION, conversation_id, "conversation_id")
+    conversation = await services.store.get_conversation(conversation_id)
+    if conversation is None:
+        raise NotFound(f"Conversation {conversation_id} not found")
+    return conversation
+
+
+@collection(router, "POST", "/v1/conversations")
+async def create_conversation(
+    services: ServicesDep, agent_id: str, body: CreateConversation | None = None
+) -> dict[str, Any]:
+    agent, _ = await load_agent(services, agent_id)
+    body = body or CreateConversation()
+    if body.model:
+        split_handle(body.model)
+    conversation = Conversation(
+        agent_id=agent.id,
+        summary=body.summary,
+        description=body.description,
+        model=body.model,
+        model_settings=body.model_settings,
+        context_window_limit=body.context_window_limit,
+    )
+    await services.store.create_conversation(conversation)
+    return render.conversation(conversation)
+
+
+@collection(router, "GET", "/v1/conversations")
+async def list_conversations(
+    services: ServicesDep,
+    agent_id: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    order: Literal["asc", "desc"] = "desc",
+) -> list[dict[str, Any]]:
+    if agent_id is not None:
+        require_id(ids.AGENT, agent_id, "agent_id")
+    found = await services.store.list_conversations(agent_id, Page(limit=limit, order=order, after=after))
+    return [render.conversation(c) for c in found]
+
+
+@router.get("/v1/conversations/{conversation_id}")
+async def retrieve_conversation(conversation_id: str, services: ServicesDep) -> dict[str, Any]:
+    return render.conversation(await load_conversation(services, conversation_id))
+
+
+@router.patch("/v1/conversations/{conversation_id}")
+async def update_conversation(
+    conversation_id: str, body: UpdateConversation, services: ServicesDep
+) -> dict[str, Any]:
+    # The live actor caches the conversation row too; it writes only in-context ids and message
+    # times, which this update leaves alone, so reading the row fresh here is enough.
+    conversation = await load_conversation(services, conversation_id)
+    given = body.model_fields_set
+    if "model" in given and body.model:
+        split_handle(body.model)
+    changes: dict[str, Any] = {
+        name: getattr(body, name)
+        for name in ("summary", "description", "model", "model_settings", "context_window_limit")
+        if name in given
+    }
+    if "archived" in given and body.archived is not None:
+        changes["archived"] = body.archived
+        changes["archived_at"] = utcnow() if body.archived else None
+    updated = conversation.model_copy(update={**changes, "updated_at": utcnow()})
+    await services.store.update_conversation(updated)
+    return render.conversation(updated)
+
+
+@router.delete("/v1/conversations/{conversation_id}")
+async def delete_conversation(conversation_id: str, services: ServicesDep) -> None:
+    conversation = await load_conversation(services, conversation_id)
+    await services.directory.retire(conversation.id)
+    await services.store.delete_conversation(conversation.id)
+
+
+@router.post("/v1/conversations/{conversation_id}/messages", response_model=None)
+async def send_message(
+    conversation_id: str, body: SendMessages, services: ServicesDep
+) -> StreamingResponse | JSONResponse:
+    conversation = await load_conversation(services, conversation_id)
+    turn = turn_request(body, "send_conversation_message")
+    stream = await services.directory.open_stream(conversation.id, "send", turn)
+    if body.streaming is False:
+        return await json_response(stream, body.include_return_message_types)
+    renderer = render.StreamRenderer(body.include_pings, body.include_return_message_types)
+    return sse_response(stream, renderer)
+
+
+@router.get("/v1/conversations/{conversation_id}/messages")
+async def list_messages(
+    conversation_id: str,
+    services: ServicesDep,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    order: Literal["asc", "desc"] = "desc",
+    include_return_message_types: Annotated[list[str] | None, Query()] = None,
+) -> list[dict[str, Any]]:
+    conversation = await load_conversation(services, conversation_id)
+    page = Page(limit=limit, order=order, after=after, before=before)
+    messages = await services.store.list_messages(conversation.id, page)
+    return render.expand(messages, include_return_message_types)
+
+
+@router.post("/v1/conversations/{conversation_id}/stream", response_model=None)
+async def resume_stream(
+    conversation_id: str, services: ServicesDep, body: RetrieveStream | None = None
+) -> StreamingResponse:
+    conversation = await load_conversation(services, conversation_id)
+    body = body or RetrieveStream()
+    if body.run_id is None and services.directory.live(conversation.id) is None:
+        raise InvalidArgument("No active runs found for this conversation.")
+    stream = await services.directory.open_stream(conversation.id, "follow", body.run_id, body.starting_after)
+    return sse_response(stream, render.StreamRenderer(body.include_pings))
+
+
+@router.post("/v1/conversations/{conversation_id}/cancel")
+async def cancel(conversation_id: str, services: ServicesDep) -> dict[str, str]:
+    conversation = await load_conversation(services, conversation_id)
+    cancelled = await services.directory.call(conversation.id, "cancel", None, activate=False)
+    if not cancelled:
+        raise Conflict(f"No active runs to cancel for conversation {conversation.id}")
+    return dict.fromkeys(cancelled, "cancelled")

@@ -1,0 +1,101 @@
+"""Turning a Letta send into a run, and a run's events into a Letta response (SSE or JSON)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from actors.directory import Stream
+from runtime.events import MessageDone, RunEvent, Stopped
+from runtime.turn import InputMessage, TurnRequest
+from serve_app import sse
+
+from . import render
+from .schemas import SendMessages
+
+log = logging.getLogger(__name__)
+
+
+def turn_request(body: SendMessages, run_type: str) -> TurnRequest:
+    return TurnRequest(
+        messages=[
+            InputMessage(role=m.role, text=m.text(), otid=m.otid, name=m.name, sender_id=m.sender_id)
+            for m in body.input_messages()
+        ],
+        max_steps=body.max_steps,
+        stream_tokens=body.stream_tokens,
+        background=body.background,
+        request_config={
+            "use_assistant_message": body.use_assistant_message,
+            "assistant_message_tool_name": body.assistant_message_tool_name,
+            "assistant_message_tool_kwarg": body.assistant_message_tool_kwarg,
+            "include_return_message_types": body.include_return_message_types,
+        },
+        run_metadata={"run_type": run_type},
+    )
+
+
+def sse_response(stream: Stream, renderer: render.StreamRenderer) -> StreamingResponse:
+    return StreamingResponse(_sse_body(stream, renderer), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+
+
+async def _sse_body(stream: Stream, renderer: render.StreamRenderer) -> AsyncIterator[bytes]:
+    try:
+        yield renderer.render(stream.first)
+        async for batch in stream.rest():
+            yield renderer.render(batch)
+    except Exception as exc:  # the run's actor went away mid-stream: say so, then end the stream
+        log.warning("stream ended by %s: %s", type(exc).__name__, exc)
+        yield sse.named(
+            "error",
+            {
+                "message_type": "error_message",
+                "run_id": None,
+                "error_type": "stream_incomplete",
+                "message": f"the stream was interrupted: {type(exc).__name__}",
+                "detail": str(exc),
+                "seq_id": None,
+            },
+        )
+        yield sse.DONE
+    finally:
+        stream.close()
+
+
+async def collect(stream: Stream) -> tuple[list[MessageDone], Stopped | None]:
+    """Read a run to its end (non-streaming sends)."""
+    produced: list[MessageDone] = []
+    stopped: Stopped | None = None
+
+    def take(batch: Sequence[RunEvent]) -> None:
+        nonlocal stopped
+        for event in batch:
+            if isinstance(event, MessageDone):
+                produced.append(event)
+            elif isinstance(event, Stopped):
+                stopped = event
+
+    take(stream.first)
+    async for batch in stream.rest():
+        take(batch)
+    return produced, stopped
+
+
+async def json_response(stream: Stream, include_types: Sequence[str] | None) -> JSONResponse:
+    """``LettaResponse``: the produced messages (not the input), the stop reason and the usage."""
+    produced, stopped = await collect(stream)
+    messages: list[dict[str, Any]] = []
+    for event in produced:
+        messages.extend(render.letta_messages(event.message))
+    if include_types:
+        messages = [m for m in messages if m["message_type"] in include_types]
+    body: dict[str, Any] = {"messages": messages, "logprobs": None, "turns": None}
+    if stopped is not None:
+        body["stop_reason"] = render.stop_reason(stopped.stop_reason.value)
+        body["usage"] = render.usage_statistics(stopped.usage, stopped.run_id)
+        if stopped.error is not None:
+            body["error"] = stopped.error.model_dump()
+    return JSONResponse(body)
