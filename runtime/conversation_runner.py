@@ -13,6 +13,7 @@ the moment its stream ends is never refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from .clock import utcnow
 from .conversation_state import ConversationState
 from .errors import ConversationBusy, InvalidArgument, NotFound
 from .events import Done, RunError, RunEvent, RunStarted, Stopped
+from .handles import llm_config_for
 from .message import Message, TextPart
 from .providers.base import Provider
 from .run import Run, RunStatus, StopReason, Usage
@@ -45,6 +47,10 @@ class ActiveRun:
     background: bool
     usage: Usage = field(default_factory=Usage)
     task: asyncio.Task[None] | None = None
+    started_ns: int = field(default_factory=time.monotonic_ns)
+    cancel_requested: bool = False
+    finished: bool = False
+    finishing: asyncio.Future[None] | None = None  # held so the clean-up task is not collected
 
 
 class ConversationRunner:
@@ -113,6 +119,9 @@ class ConversationRunner:
                 raise
             active.log.append(RunStarted(run_id=run.id))
             active.task = asyncio.create_task(self._drive(active, request, agent, blocks))
+            active.task.add_done_callback(functools.partial(self._on_task_done, active))
+            if active.cancel_requested:
+                active.task.cancel()
             async for batch in active.log.follow(0, self.keepalive):
                 yield batch
         finally:
@@ -125,11 +134,21 @@ class ConversationRunner:
     async def _prepare(self, active: ActiveRun, request: TurnRequest):
         assert self.state is not None, "activate() first"
         state = self.state
-        agent = await self.store.get_agent(state.conversation.agent_id)
+        await state.refresh_conversation()
+        conversation = state.conversation
+        agent = await self.store.get_agent(conversation.agent_id)
         if agent is None:
-            raise NotFound(
-                f"Agent {state.conversation.agent_id} of conversation {self.conversation_id} not found"
-            )
+            raise NotFound(f"Agent {conversation.agent_id} of conversation {self.conversation_id} not found")
+        if conversation.model or conversation.model_settings:
+            # A conversation may run on another model than its agent's default.
+            overrides: dict[str, object] = {}
+            if conversation.model:
+                overrides["llm_config"] = llm_config_for(
+                    conversation.model, conversation.context_window_limit
+                )
+            if conversation.model_settings:
+                overrides["model_settings"] = conversation.model_settings
+            agent = agent.model_copy(update=overrides)
         blocks = await self.store.get_blocks(agent.block_ids)
         active.run.agent_id = agent.id
         await self.store.create_run(active.run)
@@ -154,7 +173,6 @@ class ConversationRunner:
 
     async def _drive(self, active: ActiveRun, request: TurnRequest, agent, blocks) -> None:
         run = active.run
-        started = time.monotonic_ns()
         assert self.state is not None
         try:
             stopped = await self.loop.run(run, self.state, agent, blocks, request, active.log, active.usage)
@@ -168,11 +186,24 @@ class ConversationRunner:
                 usage=active.usage,
                 error=RunError(error_type="internal_error", message=f"{type(exc).__name__}: {exc}"),
             )
+        await self._finish(active, stopped)
+
+    def _on_task_done(self, active: ActiveRun, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never ran _drive at all: finish the run here.
+        if not active.finished:
+            stopped = Stopped(run_id=active.run.id, stop_reason=StopReason.cancelled, usage=active.usage)
+            active.finishing = asyncio.ensure_future(self._finish(active, stopped))
+
+    async def _finish(self, active: ActiveRun, stopped: Stopped) -> None:
+        if active.finished:
+            return
+        active.finished = True
+        run = active.run
         run.status = stopped.stop_reason.run_status
         run.stop_reason = stopped.stop_reason
         run.usage = stopped.usage
         run.completed_at = utcnow()
-        run.total_duration_ns = time.monotonic_ns() - started
+        run.total_duration_ns = time.monotonic_ns() - active.started_ns
         if stopped.error is not None:
             run.metadata = {**run.metadata, "error": stopped.error.model_dump()}
         try:
@@ -180,7 +211,8 @@ class ConversationRunner:
         except Exception:
             log.exception("could not record the end of run %s", run.id)
         # Free the conversation first, then tell the readers: their next send must succeed.
-        self.active = None
+        if self.active is active:
+            self.active = None
         self.last_activity = time.monotonic()
         self._remember(active.log)
         active.log.append(stopped)
@@ -219,7 +251,10 @@ class ConversationRunner:
     async def cancel(self, run_id: str | None = None) -> list[str]:
         """Cancel the active run (if it is ``run_id`` when given); returns the ids cancelled."""
         active = self.active
-        if active is None or (run_id is not None and active.run.id != run_id) or active.task is None:
+        if active is None or (run_id is not None and active.run.id != run_id):
             return []
-        active.task.cancel()
+        if active.task is None:
+            active.cancel_requested = True  # still storing its input: cancelled as soon as it starts
+        else:
+            active.task.cancel()
         return [active.run.id]

@@ -65,20 +65,20 @@ class ConversationState:
             await self.store.replace_message(updated)
             self.context[0] = updated
 
-    async def append(self, messages: Sequence[Message]) -> None:
-        now = utcnow()
-        conversation = self.conversation.model_copy(
-            update={
-                "in_context_message_ids": [
-                    *self.conversation.in_context_message_ids,
-                    *(m.id for m in messages),
-                ],
-                "last_message_at": now,
-                "updated_at": now,
-            }
-        )
-        await self.store.append_messages(messages, conversation)
+    async def refresh_conversation(self) -> None:
+        """Re-read the conversation row: its other fields (summary, model ...) change over HTTP."""
+        conversation = await self.store.get_conversation(self.conversation.id)
+        if conversation is None:
+            raise NotFound(f"Conversation {self.conversation.id} not found")
         self.conversation = conversation
+
+    async def append(self, messages: Sequence[Message]) -> None:
+        # Only the fields this actor owns are written, so concurrent HTTP updates are kept.
+        now = utcnow()
+        in_context = [*self.conversation.in_context_message_ids, *(m.id for m in messages)]
+        fields = {"in_context_message_ids": in_context, "last_message_at": now, "updated_at": now}
+        await self.store.append_messages(messages, fields)
+        self.conversation = self.conversation.model_copy(update=fields)
         self.context.extend(messages)
 
     async def drop_from_context(self, message_ids: Sequence[str]) -> None:
@@ -86,13 +86,11 @@ class ConversationState:
         dropped = set(message_ids)
         if not dropped:
             return
-        conversation = self.conversation.model_copy(
-            update={
-                "in_context_message_ids": [
-                    i for i in self.conversation.in_context_message_ids if i not in dropped
-                ]
-            }
-        )
-        await self.store.update_conversation(conversation)
-        self.conversation = conversation
+        fields = {
+            "in_context_message_ids": [
+                i for i in self.conversation.in_context_message_ids if i not in dropped
+            ]
+        }
+        await self.store.update_conversation(self.conversation.id, fields)
+        self.conversation = self.conversation.model_copy(update=fields)
         self.context = [m for m in self.context if m.id not in dropped]

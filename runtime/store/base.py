@@ -8,9 +8,9 @@ inline because its calls take tens of microseconds and a thread hop would cost m
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..agent import Agent, Block
 from ..conversation import Conversation
@@ -66,7 +66,11 @@ class Store(abc.ABC):
     async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]: ...
 
     @abc.abstractmethod
-    async def update_conversation(self, conversation: Conversation) -> None: ...
+    async def update_conversation(
+        self, conversation_id: str, fields: Mapping[str, Any]
+    ) -> Conversation | None:
+        """Set ``fields`` on the stored conversation atomically; other fields keep whatever they
+        hold now (the HTTP layer and the conversation's actor each own different fields)."""
 
     @abc.abstractmethod
     async def delete_conversation(self, conversation_id: str) -> bool: ...

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -204,11 +204,25 @@ class SqliteStore(Store):
         found = self._many(Conversation, sql, args)
         return found[::-1] if reverse else found
 
-    async def update_conversation(self, conversation: Conversation) -> None:
-        self._db.execute(
-            "UPDATE conversations SET data = ? WHERE id = ?",
-            (conversation.model_dump_json(), conversation.id),
+    async def update_conversation(
+        self, conversation_id: str, fields: Mapping[str, Any]
+    ) -> Conversation | None:
+        with self._tx() as db:
+            return self._patch_conversation(db, conversation_id, fields)
+
+    def _patch_conversation(
+        self, db: sqlite3.Connection, conversation_id: str, fields: Mapping[str, Any]
+    ) -> Conversation | None:
+        # Read-modify-write inside the caller's BEGIN IMMEDIATE: no other writer can interleave.
+        row = db.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None:
+            return None
+        current = Conversation.model_validate_json(row[0])
+        updated = Conversation.model_validate({**current.model_dump(), **fields})
+        db.execute(
+            "UPDATE conversations SET data = ? WHERE id = ?", (updated.model_dump_json(), conversation_id)
         )
+        return updated
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         with self._tx() as db:
@@ -219,7 +233,7 @@ class SqliteStore(Store):
 
     # --- messages ------------------------------------------------------------------------------
     async def append_messages(
-        self, messages: Sequence[Message], conversation: Conversation | None = None
+        self, messages: Sequence[Message], conversation_fields: Mapping[str, Any] | None = None
     ) -> None:
         with self._tx() as db:
             for message in messages:
@@ -234,11 +248,8 @@ class SqliteStore(Store):
                     ),
                 )
                 message.position = cursor.lastrowid
-            if conversation is not None:
-                db.execute(
-                    "UPDATE conversations SET data = ? WHERE id = ?",
-                    (conversation.model_dump_json(), conversation.id),
-                )
+            if conversation_fields and messages and messages[0].conversation_id:
+                self._patch_conversation(db, messages[0].conversation_id, conversation_fields)
 
     async def replace_message(self, message: Message) -> None:
         self._db.execute("UPDATE messages SET data = ? WHERE id = ?", (_message_json(message), message.id))

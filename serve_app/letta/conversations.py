@@ -75,9 +75,8 @@ async def retrieve_conversation(conversation_id: str, services: ServicesDep) -> 
 async def update_conversation(
     conversation_id: str, body: UpdateConversation, services: ServicesDep
 ) -> dict[str, Any]:
-    # The live actor caches the conversation row too; it writes only in-context ids and message
-    # times, which this update leaves alone, so reading the row fresh here is enough.
-    conversation = await load_conversation(services, conversation_id)
+    # Only the given fields are written: the conversation's actor owns the in-context ids.
+    await load_conversation(services, conversation_id)
     given = body.model_fields_set
     if "model" in given and body.model:
         split_handle(body.model)
@@ -89,8 +88,9 @@ async def update_conversation(
     if "archived" in given and body.archived is not None:
         changes["archived"] = body.archived
         changes["archived_at"] = utcnow() if body.archived else None
-    updated = conversation.model_copy(update={**changes, "updated_at": utcnow()})
-    await services.store.update_conversation(updated)
+    updated = await services.store.update_conversation(conversation_id, {**changes, "updated_at": utcnow()})
+    if updated is None:
+        raise NotFound(f"Conversation {conversation_id} not found")
     return render.conversation(updated)
 
 

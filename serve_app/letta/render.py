@@ -171,9 +171,8 @@ def letta_messages(message: Message, seq_id: int | None = None) -> list[dict[str
     if message.role == "user":
         return [{**_common(message, "user_message", message.otid, seq_id), "content": message.text()}]
     if message.role == "tool":
-        return [
-            _tool_return(message, part, seq_id) for part in message.parts if isinstance(part, ToolReturnPart)
-        ]
+        returns = [part for part in message.parts if isinstance(part, ToolReturnPart)]
+        return [_tool_return(message, part, index, seq_id) for index, part in enumerate(returns)]
     out: list[dict[str, Any]] = []
     parts = message.parts
     i = 0
@@ -208,7 +207,7 @@ def letta_messages(message: Message, seq_id: int | None = None) -> list[dict[str
     return out
 
 
-def _tool_return(message: Message, part: ToolReturnPart, seq_id: int | None) -> dict[str, Any]:
+def _tool_return(message: Message, part: ToolReturnPart, index: int, seq_id: int | None) -> dict[str, Any]:
     entry = {
         "type": "tool",
         "tool_call_id": part.tool_call_id,
@@ -218,7 +217,7 @@ def _tool_return(message: Message, part: ToolReturnPart, seq_id: int | None) -> 
         "stderr": part.stderr,
     }
     return {
-        **_common(message, "tool_return_message", ids.otid_for(message.id, 0), seq_id),
+        **_common(message, "tool_return_message", ids.otid_for(message.id, index), seq_id),
         "name": part.name,
         "tool_return": part.content,
         "status": part.status,
@@ -357,5 +356,6 @@ class StreamRenderer:
                 "source": "reasoner_model",
                 "signature": None,
             }
+        # A delta carries one partial call; the SDK types ``tool_calls`` on a delta as that one object.
         call = {"name": delta.tool_name, "arguments": delta.text, "tool_call_id": delta.tool_call_id}
-        return {**common, "message_type": "tool_call_message", "tool_call": call, "tool_calls": [call]}
+        return {**common, "message_type": "tool_call_message", "tool_call": call, "tool_calls": call}

@@ -1,0 +1,156 @@
+"""Starting and stopping a fake LLM and a ``parley serve`` as child processes.
+
+Shared by the test fixtures and the benchmarks, which both drive real processes over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class FakeLLMProcess:
+    url: str
+    process: subprocess.Popen[str]
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_fake_llm(*args: str) -> FakeLLMProcess:
+    """``parley fake-llm --port 0 ARGS``; returns once it accepts connections."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parley.fake_llm", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"fake LLM did not start: {line!r}")
+    return FakeLLMProcess(match.group(1), proc)
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    log_path: Path
+
+    def tree(self) -> list[psutil.Process]:
+        """The server and every process under it: Ray's GCS, raylet, workers, Serve actors."""
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def processes_named(self, prefix: str) -> list[psutil.Process]:
+        found = []
+        for proc in self.tree():
+            try:
+                cmdline = proc.cmdline()
+            except psutil.Error:
+                continue
+            if cmdline and cmdline[0].startswith(prefix):
+                found.append(proc)
+        return found
+
+    def conversation_actor_processes(self) -> list[psutil.Process]:
+        return self.processes_named("ray::ConversationActor")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGINT (what Ctrl-C sends), then make sure nothing of the tree is left behind."""
+        descendants = self.tree()[1:]
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        _gone, alive = psutil.wait_procs(descendants, timeout=15)
+        for leftover in alive:
+            try:
+                leftover.kill()
+            except psutil.Error:
+                pass
+
+
+def start_server(
+    fake: FakeLLMProcess,
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    start_timeout: float = 180.0,
+) -> ServerProcess:
+    """``parley serve`` on a free port, pointed at ``fake``; returns once ``/v1/health`` answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "server.log"
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "OPENAI_BASE_URL": fake.openai_base_url,
+        "OPENAI_API_KEY": "fake-openai-key",
+        "ANTHROPIC_BASE_URL": fake.url,
+        "ANTHROPIC_API_KEY": "fake-anthropic-key",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parley", "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = ServerProcess(f"http://127.0.0.1:{port}", proc, data_dir, log_path)
+    deadline = time.monotonic() + start_timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"parley serve exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.url}/v1/health/", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"parley serve did not answer in {start_timeout}s:\n{server.log_tail()}")
+        time.sleep(0.5)

@@ -1,0 +1,669 @@
+"""``ConversationRunner`` over a real ``SqliteStore`` and a scripted in-test provider, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from runtime.agent import Agent, Block, LLMConfig
+from runtime.conversation import Conversation
+from runtime.conversation_runner import INTERRUPTED, ConversationRunner
+from runtime.errors import ConversationBusy, InvalidArgument, NotFound
+from runtime.events import Delta, MessageDone, RunEvent, RunStarted, Stopped
+from runtime.message import ReasoningPart, TextPart, ToolCallPart
+from runtime.providers.base import ModelDelta, ModelRequest, ModelResponse, ProviderError
+from runtime.run import Run, RunStatus, StopReason
+from runtime.store import Page
+from runtime.store.sqlite import SqliteStore
+from runtime.turn import InputMessage, TurnRequest
+
+pytestmark = pytest.mark.timeout(10)
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 5))
+
+
+# --- a scripted provider --------------------------------------------------------------------------
+def reply(text: str = "Hello!", prompt: int = 10, completion: int = 3) -> ModelResponse:
+    return ModelResponse(parts=[TextPart(text=text)], prompt_tokens=prompt, completion_tokens=completion)
+
+
+@dataclass
+class Step:
+    """What the provider does for one call."""
+
+    response: ModelResponse = field(default_factory=reply)
+    deltas: list[ModelDelta] = field(default_factory=list)  # streamed before the response
+    gate: asyncio.Event | None = None  # wait for it before answering
+    error: ProviderError | None = None  # raised instead of answering
+
+
+class ScriptedProvider:
+    """Plays ``steps`` in order, then repeats the last one."""
+
+    def __init__(self, *steps: Step) -> None:
+        self.steps = list(steps) or [Step()]
+        self.requests: list[ModelRequest] = []
+        self.entered = 0  # calls that reached the provider
+
+    def _next(self, request: ModelRequest) -> Step:
+        self.requests.append(request)
+        self.entered += 1
+        return self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        step = self._next(request)
+        if step.gate is not None:
+            await step.gate.wait()
+        if step.error is not None:
+            raise step.error
+        return step.response
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        step = self._next(request)
+        for delta in step.deltas:
+            yield delta
+            await asyncio.sleep(0)
+        if step.gate is not None:
+            await step.gate.wait()
+        if step.error is not None:
+            raise step.error
+        yield step.response
+
+
+# --- fixtures and helpers -------------------------------------------------------------------------
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(str(tmp_path / "parley.db"))
+    yield s
+    s.close()
+
+
+@dataclass
+class World:
+    store: SqliteStore
+    agent: Agent
+    blocks: list[Block]
+    conversation: Conversation
+
+
+async def make_world(store: SqliteStore) -> World:
+    blocks = [Block(label="persona", value="I am terse."), Block(label="human", value="The user is Ada.")]
+    agent = Agent(
+        name="runner-test",
+        system="You are a test agent.",
+        block_ids=[b.id for b in blocks],
+        llm_config=LLMConfig(model="gpt-4o-mini", model_endpoint_type="openai", context_window=128_000),
+    )
+    await store.create_agent(agent, blocks)
+    conversation = Conversation(agent_id=agent.id)
+    await store.create_conversation(conversation)
+    return World(store, agent, blocks, conversation)
+
+
+async def make_runner(store: SqliteStore, provider: ScriptedProvider, **kwargs: Any) -> tuple[ConversationRunner, World]:
+    world = await make_world(store)
+    runner = ConversationRunner(store, provider, world.conversation.id, **kwargs)
+    await runner.activate()
+    return runner, world
+
+
+def request(text: str = "Hi there", **kwargs: Any) -> TurnRequest:
+    return TurnRequest(messages=[InputMessage(text=text)], **kwargs)
+
+
+async def collect(batches: AsyncIterator[list[RunEvent]]) -> list[RunEvent]:
+    return [event async for batch in batches for event in batch]
+
+
+def kinds(events: list[RunEvent]) -> list[str]:
+    return [e.kind for e in events]
+
+
+async def started(stream: AsyncIterator[list[RunEvent]]) -> str:
+    """The run id from the first batch of a send."""
+    first = await anext(stream)
+    assert isinstance(first[0], RunStarted)
+    return first[0].run_id
+
+
+async def until_entered(provider: ScriptedProvider, calls: int = 1) -> None:
+    """Let the run task start and reach the provider."""
+    for _ in range(100):
+        if provider.entered >= calls:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the run never reached the provider")
+
+
+def only(events: list[RunEvent], kind: type[T]) -> T:
+    found = [e for e in events if isinstance(e, kind)]
+    assert len(found) == 1, events
+    return found[0]
+
+
+# --- a turn ---------------------------------------------------------------------------------------
+def test_send_yields_started_message_stopped_done(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, world = await make_runner(store, ScriptedProvider(Step(reply("Hello!", 10, 3))))
+        events = await collect(runner.send(request("Hi there")))
+        assert kinds(events) == ["started", "message", "stopped", "done"]
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        run_id = events[0].run_id  # type: ignore[union-attr]
+        message = only(events, MessageDone)
+        assert message.message.role == "assistant"
+        assert message.message.text() == "Hello!"
+        assert message.message.run_id == run_id
+        assert not message.streamed
+        stopped = only(events, Stopped)
+        assert stopped.stop_reason is StopReason.end_turn
+        assert stopped.error is None
+        assert (stopped.usage.step_count, stopped.usage.prompt_tokens) == (1, 10)
+        assert (stopped.usage.completion_tokens, stopped.usage.total_tokens) == (3, 13)
+        assert runner.active is None
+
+        stored = await store.list_messages(world.conversation.id, Page(order="asc"))
+        assert [m.role for m in stored] == ["system", "user", "assistant"]
+        assert stored[1].text() == "Hi there"
+        assert stored[1].run_id == run_id
+        assert stored[1].otid  # an otid is assigned to input messages
+        assert stored[2].id == message.message.id
+        conversation = await store.get_conversation(world.conversation.id)
+        assert conversation is not None
+        assert conversation.in_context_message_ids == [m.id for m in stored]
+        assert conversation.last_message_at is not None
+
+        run_row = await store.get_run(run_id)
+        assert run_row is not None
+        assert run_row.status is RunStatus.completed
+        assert run_row.stop_reason is StopReason.end_turn
+        assert run_row.agent_id == world.agent.id
+        assert run_row.usage.total_tokens == 13
+        assert run_row.completed_at is not None
+
+    run(main())
+
+
+def test_provider_sees_compiled_system_prompt_and_history(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider()
+        runner, world = await make_runner(store, provider)
+        await collect(runner.send(request("first")))
+        await collect(runner.send(request("second")))
+        first, second = provider.requests
+        assert "The user is Ada." in first.system
+        assert f"- CONVERSATION_ID: {world.conversation.id}" in first.system
+        assert (first.provider, first.model) == ("openai", "gpt-4o-mini")
+        assert [(m.role, m.text()) for m in first.messages] == [("user", "first")]
+        assert [(m.role, m.text()) for m in second.messages] == [
+            ("user", "first"),
+            ("assistant", "Hello!"),
+            ("user", "second"),
+        ]
+
+    run(main())
+
+
+def test_system_message_created_once_and_recompiled_in_place(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider()
+        runner, world = await make_runner(store, provider)
+        await collect(runner.send(request("one")))
+        [system] = [m for m in await store.list_messages(world.conversation.id, Page()) if m.role == "system"]
+
+        # A second turn with unchanged memory leaves the stored system message untouched.
+        await collect(runner.send(request("two")))
+        [same] = await store.get_messages([system.id])
+        assert same.text() == system.text()
+
+        # Change a block's value (a replacement block under the same label) between turns.
+        human = Block(label="human", value="The user is Grace.")
+        agent = world.agent.model_copy(update={"block_ids": [world.blocks[0].id, human.id]})
+        await store.update_agent(agent, [human])
+        await collect(runner.send(request("three")))
+
+        stored = await store.list_messages(world.conversation.id, Page(order="asc"))
+        systems = [m for m in stored if m.role == "system"]
+        assert [m.id for m in systems] == [system.id]
+        assert stored[0].id == system.id
+        assert systems[0].position == system.position
+        assert "The user is Grace." in systems[0].text()
+        assert "The user is Ada." not in systems[0].text()
+        assert "The user is Grace." in provider.requests[-1].system
+        conversation = await store.get_conversation(world.conversation.id)
+        assert conversation is not None
+        assert conversation.in_context_message_ids == [m.id for m in stored]
+        assert [m.role for m in stored] == ["system", *["user", "assistant"] * 3]
+
+    run(main())
+
+
+def test_turn_keeps_conversation_changes_made_between_turns(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, world = await make_runner(store, ScriptedProvider())
+        await collect(runner.send(request("one")))
+        current = await store.get_conversation(world.conversation.id)
+        assert current is not None
+        await store.update_conversation(current.id, {"summary": "renamed", "archived": True})
+
+        await collect(runner.send(request("two")))
+        after = await store.get_conversation(world.conversation.id)
+        assert after is not None
+        assert len(after.in_context_message_ids) == 5
+        assert (after.summary, after.archived) == ("renamed", True)
+
+    run(main())
+
+
+# --- one run at a time ----------------------------------------------------------------------------
+def test_second_send_while_running_is_refused_at_once(store: SqliteStore) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        provider = ScriptedProvider(Step(gate=gate), Step(reply("again")))
+        runner, world = await make_runner(store, provider)
+        first = runner.send(request("one"))
+        run_id = await started(first)
+        await until_entered(provider)
+
+        with pytest.raises(ConversationBusy) as info:
+            await anext(runner.send(request("two")))
+        assert info.value.run_id == run_id
+        assert run_id in info.value.message
+        # The refused input was not stored.
+        texts = [m.text() for m in await store.list_messages(world.conversation.id, Page())]
+        assert "two" not in texts
+
+        gate.set()
+        rest = await collect(first)
+        assert kinds(rest) == ["message", "stopped", "done"]
+        events = await collect(runner.send(request("three")))
+        assert only(events, MessageDone).message.text() == "again"
+
+    run(main())
+
+
+def test_flag_is_clear_when_stopped_is_observed(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, _ = await make_runner(store, ScriptedProvider())
+        seen_stopped = False
+        follow_up: list[RunEvent] = []
+        async for batch in runner.send(request("one")):
+            for event in batch:
+                if isinstance(event, Stopped):
+                    seen_stopped = True
+                    assert runner.active is None
+                    # A new send at this very moment is accepted.
+                    follow_up = await collect(runner.send(request("two")))
+        assert seen_stopped
+        assert kinds(follow_up) == ["started", "message", "stopped", "done"]
+
+    run(main())
+
+
+def test_provider_error_fails_the_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        error = ProviderError("rate limited, slow down", "rate_limit", 429)
+        runner, world = await make_runner(store, ScriptedProvider(Step(error=error)))
+        events = await collect(runner.send(request("hi")))
+        assert kinds(events) == ["started", "stopped", "done"]
+        stopped = only(events, Stopped)
+        assert stopped.stop_reason is StopReason.error
+        assert stopped.error is not None
+        assert stopped.error.message == "rate limited, slow down"
+        assert "rate_limit" in stopped.error.error_type
+        assert runner.active is None
+
+        run_row = await store.get_run(stopped.run_id)
+        assert run_row is not None
+        assert run_row.status is RunStatus.failed
+        assert run_row.stop_reason is StopReason.error
+        assert "rate limited" in str(run_row.metadata["error"])
+        # The accepted input is kept.
+        stored = await store.list_messages(world.conversation.id, Page(order="asc"))
+        assert [m.role for m in stored] == ["system", "user"]
+
+    run(main())
+
+
+def test_unexpected_provider_exception_fails_the_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        class Broken(ScriptedProvider):
+            async def complete(self, request: ModelRequest) -> ModelResponse:
+                raise RuntimeError("bug in adapter")
+
+        runner, _ = await make_runner(store, Broken())
+        events = await collect(runner.send(request()))
+        stopped = only(events, Stopped)
+        assert stopped.stop_reason is StopReason.error
+        assert stopped.error is not None
+        assert "bug in adapter" in stopped.error.message
+        assert runner.active is None
+        run_row = await store.get_run(stopped.run_id)
+        assert run_row is not None and run_row.status is RunStatus.failed
+
+    run(main())
+
+
+# --- readers leaving, background runs, following ------------------------------------------------
+def test_reader_leaving_cancels_a_foreground_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(Step(gate=asyncio.Event()), Step())
+        runner, _ = await make_runner(store, provider)
+        stream = runner.send(request())
+        run_id = await started(stream)
+        await until_entered(provider)
+        active = runner.active
+        assert active is not None and active.task is not None
+
+        await stream.aclose()
+        await asyncio.wait_for(active.task, 1)
+        assert runner.active is None
+        assert runner.readers == 0
+        run_row = await store.get_run(run_id)
+        assert run_row is not None
+        assert run_row.status is RunStatus.cancelled
+        assert run_row.stop_reason is StopReason.cancelled
+        assert kinds(active.log.read()) == ["started", "stopped", "done"]
+        # The conversation is usable again.
+        assert kinds(await collect(runner.send(request()))) == ["started", "message", "stopped", "done"]
+
+    run(main())
+
+
+def test_reader_leaving_right_after_started_releases_the_conversation(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(Step(gate=asyncio.Event()))
+        runner, _ = await make_runner(store, provider)
+        stream = runner.send(request())
+        run_id = await started(stream)
+        active = runner.active
+        assert active is not None and active.task is not None
+        await stream.aclose()  # no await in between: the task has not started yet
+        await asyncio.wait([active.task], timeout=1)
+        assert runner.active is None
+        run_row = await store.get_run(run_id)
+        assert run_row is not None and run_row.status is RunStatus.cancelled
+
+    run(main())
+
+
+def test_cancel_right_after_start_releases_the_conversation(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(Step(gate=asyncio.Event()))
+        runner, _ = await make_runner(store, provider)
+        stream = runner.send(request(background=True))
+        run_id = await started(stream)
+        active = runner.active
+        assert active is not None and active.task is not None
+        assert await runner.cancel() == [run_id]
+        await asyncio.wait([active.task], timeout=1)
+        assert runner.active is None
+        rest = await asyncio.wait_for(collect(stream), 1)
+        assert only(rest, Stopped).stop_reason is StopReason.cancelled
+
+    run(main())
+
+
+def test_background_run_survives_its_reader(store: SqliteStore) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        provider = ScriptedProvider(Step(gate=gate, response=reply("later")))
+        runner, world = await make_runner(store, provider)
+        stream = runner.send(request(background=True))
+        run_id = await started(stream)
+        await until_entered(provider)
+        active = runner.active
+        assert active is not None and active.task is not None
+
+        await stream.aclose()
+        await asyncio.sleep(0.01)
+        assert not active.task.done()
+        assert runner.active_run_id == run_id
+        assert runner.readers == 0
+
+        gate.set()
+        await asyncio.wait_for(active.task, 1)
+        run_row = await store.get_run(run_id)
+        assert run_row is not None
+        assert run_row.status is RunStatus.completed
+        assert run_row.background
+        stored = await store.list_messages(world.conversation.id, Page(limit=1))
+        assert stored[0].text() == "later"
+        # The whole log is still there for a late reader.
+        replay = await collect(runner.follow(run_id))
+        assert kinds(replay) == ["started", "message", "stopped", "done"]
+
+    run(main())
+
+
+def test_follow_active_run_from_a_second_reader(store: SqliteStore) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        provider = ScriptedProvider(Step(gate=gate))
+        runner, _ = await make_runner(store, provider)
+        stream = runner.send(request())
+        run_id = await started(stream)
+        await until_entered(provider)
+        follower = asyncio.ensure_future(collect(runner.follow(None)))
+        await asyncio.sleep(0)
+        assert runner.readers == 2
+        gate.set()
+        first = await collect(stream)
+        followed = await asyncio.wait_for(follower, 1)
+        assert kinds(followed) == ["started", "message", "stopped", "done"]
+        assert [e.seq for e in followed][1:] == [e.seq for e in first]
+        assert {getattr(e, "run_id", run_id) for e in followed} == {run_id}
+        assert runner.readers == 0
+
+    run(main())
+
+
+def test_follow_without_active_run_is_invalid(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, _ = await make_runner(store, ScriptedProvider())
+        with pytest.raises(InvalidArgument):
+            await anext(runner.follow(None))
+        assert runner.readers == 0
+
+    run(main())
+
+
+def test_follow_unknown_run_is_not_found(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, _ = await make_runner(store, ScriptedProvider())
+        with pytest.raises(NotFound):
+            await anext(runner.follow("run-unknown"))
+
+    run(main())
+
+
+def test_follow_finished_run_replays_after_seq(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, _ = await make_runner(store, ScriptedProvider())
+        events = await collect(runner.send(request()))
+        run_id = events[0].run_id  # type: ignore[union-attr]
+        for after in range(len(events) + 1):
+            replay = await collect(runner.follow(run_id, after=after))
+            assert [e.seq for e in replay] == [e.seq for e in events if e.seq > after]
+            assert replay == events[after:]
+
+    run(main())
+
+
+# --- cancelling and activation --------------------------------------------------------------------
+def test_cancel_active_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(Step(gate=asyncio.Event()))
+        runner, _ = await make_runner(store, provider)
+        stream = runner.send(request())
+        run_id = await started(stream)
+        await until_entered(provider)
+
+        assert await runner.cancel("run-someone-else") == []
+        assert await runner.cancel() == [run_id]
+        rest = await asyncio.wait_for(collect(stream), 1)
+        assert kinds(rest) == ["stopped", "done"]
+        stopped = only(rest, Stopped)
+        assert stopped.stop_reason is StopReason.cancelled
+        assert runner.active is None
+        run_row = await store.get_run(run_id)
+        assert run_row is not None and run_row.status is RunStatus.cancelled
+        assert await runner.cancel() == []
+
+    run(main())
+
+
+def test_activate_fails_runs_left_running(store: SqliteStore) -> None:
+    async def main() -> None:
+        world = await make_world(store)
+        other = Conversation(agent_id=world.agent.id)
+        await store.create_conversation(other)
+        left_running = Run(agent_id=world.agent.id, conversation_id=world.conversation.id, status=RunStatus.running)
+        left_created = Run(agent_id=world.agent.id, conversation_id=world.conversation.id)
+        finished = Run(
+            agent_id=world.agent.id,
+            conversation_id=world.conversation.id,
+            status=RunStatus.completed,
+            stop_reason=StopReason.end_turn,
+        )
+        elsewhere = Run(agent_id=world.agent.id, conversation_id=other.id, status=RunStatus.running)
+        for r in (left_running, left_created, finished, elsewhere):
+            await store.create_run(r)
+
+        runner = ConversationRunner(store, ScriptedProvider(), world.conversation.id)
+        await runner.activate()
+
+        for stale in (left_running, left_created):
+            row = await store.get_run(stale.id)
+            assert row is not None
+            assert row.status is RunStatus.failed
+            assert row.stop_reason is StopReason.error
+            assert row.completed_at is not None
+            assert row.metadata["error"] == INTERRUPTED
+            assert "interrupted" in row.metadata["error"]
+        assert await store.get_run(finished.id) == finished
+        assert await store.get_run(elsewhere.id) == elsewhere
+
+    run(main())
+
+
+def test_activate_unknown_conversation_is_not_found(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner = ConversationRunner(store, ScriptedProvider(), "conv-missing")
+        with pytest.raises(NotFound):
+            await runner.activate()
+
+    run(main())
+
+
+def test_send_when_agent_is_gone_is_not_found_and_frees_the_flag(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, world = await make_runner(store, ScriptedProvider())
+        await store.delete_agent(world.agent.id)
+        with pytest.raises(NotFound):
+            await anext(runner.send(request()))
+        assert runner.active is None
+        assert runner.readers == 0
+
+    run(main())
+
+
+# --- token streaming and usage --------------------------------------------------------------------
+def test_stream_tokens_emits_deltas_of_the_final_message(store: SqliteStore) -> None:
+    async def main() -> None:
+        step = Step(
+            deltas=[
+                ModelDelta("reasoning", 0, "Let me "),
+                ModelDelta("reasoning", 0, "think."),
+                ModelDelta("text", 1, "Hel"),
+                ModelDelta("text", 1, "lo"),
+                ModelDelta("text", 1, "!"),
+            ],
+            response=ModelResponse(
+                parts=[ReasoningPart(text="Let me think."), TextPart(text="Hello!")],
+                prompt_tokens=7,
+                completion_tokens=5,
+            ),
+        )
+        runner, _ = await make_runner(store, ScriptedProvider(step), coalesce_interval=0.001)
+        events = await collect(runner.send(request(stream_tokens=True)))
+        assert events[0].kind == "started"
+        assert kinds(events)[-3:] == ["message", "stopped", "done"]
+        deltas = [e for e in events if isinstance(e, Delta)]
+        assert deltas
+        assert set(kinds(events)[1:-3]) == {"delta"}
+        done = only(events, MessageDone)
+        assert done.streamed
+        assert {d.message_id for d in deltas} == {done.message.id}
+        assert "".join(d.text for d in deltas if d.part == "reasoning") == "Let me think."
+        assert "".join(d.text for d in deltas if d.part == "text") == "Hello!"
+        assert {d.index for d in deltas if d.part == "text"} == {1}
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        usage = only(events, Stopped).usage
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.step_count) == (7, 5, 1)
+        stored = await store.get_messages([done.message.id])
+        assert [m.text() for m in stored] == ["Hello!"]
+        run_row = await store.get_run(done.message.run_id or "")
+        assert run_row is not None and run_row.ttft_ns is not None
+
+    run(main())
+
+
+def test_stream_tokens_provider_error_mid_stream(store: SqliteStore) -> None:
+    async def main() -> None:
+        step = Step(deltas=[ModelDelta("text", 0, "partial")], error=ProviderError("connection reset", "connection"))
+        runner, world = await make_runner(store, ScriptedProvider(step), coalesce_interval=0.001)
+        events = await collect(runner.send(request(stream_tokens=True)))
+        assert kinds(events) == ["started", "delta", "stopped", "done"]
+        stopped = only(events, Stopped)
+        assert stopped.stop_reason is StopReason.error
+        assert stopped.error is not None and stopped.error.message == "connection reset"
+        assert runner.active is None
+        stored = await store.list_messages(world.conversation.id, Page(order="asc"))
+        assert [m.role for m in stored] == ["system", "user"]
+
+    run(main())
+
+
+def test_usage_accumulates_over_steps(store: SqliteStore) -> None:
+    async def main() -> None:
+        tool_turn = ModelResponse(
+            parts=[TextPart(text="checking"), ToolCallPart(id="call_1", name="lookup", arguments="{}")],
+            prompt_tokens=5,
+            completion_tokens=2,
+            finish="tool_calls",
+        )
+        provider = ScriptedProvider(Step(response=tool_turn))
+        runner, _ = await make_runner(store, provider)
+        events = await collect(runner.send(request(max_steps=3)))
+        stopped = only(events, Stopped)
+        assert stopped.stop_reason is StopReason.max_steps
+        assert len([e for e in events if isinstance(e, MessageDone)]) == 3
+        usage = stopped.usage
+        assert (usage.step_count, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (3, 15, 6, 21)
+        run_row = await store.get_run(stopped.run_id)
+        assert run_row is not None
+        assert run_row.usage == usage
+        assert run_row.status is RunStatus.completed
+
+    run(main())
+
+
+def test_usage_is_per_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(Step(reply(prompt=10, completion=3)), Step(reply(prompt=20, completion=4)))
+        runner, _ = await make_runner(store, provider)
+        first = only(await collect(runner.send(request())), Stopped).usage
+        second = only(await collect(runner.send(request())), Stopped).usage
+        assert (first.total_tokens, first.step_count) == (13, 1)
+        assert (second.total_tokens, second.step_count) == (24, 1)
+
+    run(main())
