@@ -18,7 +18,16 @@ import ray
 from ray.exceptions import RayActorError
 
 from runtime.coalesce import coalesce
-from runtime.providers.base import DeltaBatch, ModelDelta, ModelRequest, ModelResponse, ProviderError
+from runtime.providers.base import (
+    DeltaBatch,
+    EncodedRequest,
+    MessageCache,
+    ModelDelta,
+    ModelRequest,
+    ModelResponse,
+    ProviderError,
+)
+from runtime.providers.encoding import encode
 from runtime.providers.registry import ProviderRegistry
 from runtime.settings import ProviderCredentials, Settings
 
@@ -37,12 +46,13 @@ class ProviderActor:
             credentials, settings.provider_max_retries, settings.provider_timeout_seconds
         )
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        return await self._registry.complete(request)
+    async def complete(self, encoded: EncodedRequest) -> ModelResponse:
+        return await self._registry.send(encoded)
 
-    async def stream_batches(self, request: ModelRequest) -> AsyncIterator[DeltaBatch]:
+    async def stream_batches(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
         interval = self._settings.coalesce_ms / 1000
-        async for batch in coalesce(self._registry.stream(request), interval, self._settings.coalesce_tokens):
+        stream = self._registry.stream_encoded(encoded)
+        async for batch in coalesce(stream, interval, self._settings.coalesce_tokens):
             yield batch
 
     async def ready(self) -> bool:
@@ -52,25 +62,29 @@ class ProviderActor:
 RemoteProviderActor = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=-1)(ProviderActor)
 
 
-def start_provider_actors(
-    settings: Settings, credentials: ProviderCredentials
-) -> list[ray.actor.ActorHandle]:
-    """Create (or find) the pool; detached so it outlives the process that started it."""
+def start_provider_actors(settings: Settings, credentials: ProviderCredentials) -> list[ray.ObjectRef]:
+    """Create (or find) the pool, detached so it outlives the process that started it; returns
+    refs that resolve once every actor is ready (so the caller can start other things meanwhile)."""
     handles = [
         RemoteProviderActor.options(
             name=provider_actor_name(i), namespace=settings.namespace, lifetime="detached", get_if_exists=True
         ).remote(settings, credentials)
         for i in range(max(settings.provider_actors, 1))
     ]
-    ray.get([h.ready.remote() for h in handles], timeout=120)
-    return handles
+    return [h.ready.remote() for h in handles]
 
 
 class ProviderPool:
-    """A ``Provider`` (and ``BatchingProvider``) that sends each call to one actor of the pool."""
+    """A ``Provider`` (and ``BatchingProvider``) that sends each call to one actor of the pool.
+
+    Requests are encoded here, in the conversation's process, with each stored message encoded
+    once: only plain wire-ready dicts cross to the provider actor (pickling the domain history
+    instead cost ~3.7 ms per call at 200 messages).
+    """
 
     def __init__(self, settings: Settings, key: str) -> None:
         self._settings = settings
+        self._cache: MessageCache = {}
         # A conversation sticks to one actor: its calls share that actor's connection pool.
         self._index = zlib.crc32(key.encode()) % max(settings.provider_actors, 1)
         self._handle: ray.actor.ActorHandle | None = None
@@ -82,7 +96,7 @@ class ProviderPool:
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         for attempt in range(2):
-            ref = self._actor(refresh=attempt > 0).complete.remote(request)
+            ref = self._actor(refresh=attempt > 0).complete.remote(encode(request, self._cache))
             try:
                 return await ref
             except asyncio.CancelledError:
@@ -94,7 +108,8 @@ class ProviderPool:
         raise AssertionError("unreachable")
 
     async def stream_batches(self, request: ModelRequest) -> AsyncIterator[DeltaBatch]:
-        generator = self._actor().stream_batches.options(num_returns="streaming").remote(request)
+        encoded = encode(request, self._cache)
+        generator = self._actor().stream_batches.options(num_returns="streaming").remote(encoded)
         exhausted = False
         try:
             async for ref in generator:

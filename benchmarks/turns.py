@@ -50,7 +50,9 @@ def _json_turn(http: httpx.Client, conversation_id: str, i: int) -> float:
     return elapsed
 
 
-def run(url: str, server: ServerProcess | None, conversations: int, turns: int, sequential: int) -> dict[str, Any]:
+def run(
+    url: str, server: ServerProcess | None, conversations: int, turns: int, sequential: int
+) -> dict[str, Any]:
     client = Letta(base_url=url, timeout=60)
     http = httpx.Client(base_url=url, timeout=60)
     agent = client.agents.create(

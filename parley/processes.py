@@ -134,7 +134,17 @@ def start_server(
     }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "parley", "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
+            [
+                sys.executable,
+                "-m",
+                "parley",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                *args,
+            ],
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,

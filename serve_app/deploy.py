@@ -28,7 +28,22 @@ APP_NAME = "parley"
 LOOPBACK_NODE_IP = "127.0.0.2"
 
 
+# Ray Serve's high-throughput mode: HAProxy (C) takes the HTTP port and forwards straight to the
+# replicas' own HTTP servers, instead of Serve's Python proxy relaying every request and stream item
+# over Ray. Measured here: 41 -> 31 ms of CPU per turn, 38 -> 50 turns/s (benchmarks/turns.py).
+# Set PARLEY_SERVE_HAPROXY=0 to use Serve's default proxy instead.
+THROUGHPUT_MODE = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def configure_serve_environment() -> None:
+    """Must run before Ray starts: Serve's processes read these when they start."""
+    if os.environ.get("PARLEY_SERVE_HAPROXY", "1") != "0":
+        for name, value in THROUGHPUT_MODE.items():
+            os.environ.setdefault(name, value)
+
+
 def init_ray(settings: Settings) -> None:
+    configure_serve_environment()
     if settings.ray_address:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=settings.ray_address, namespace=settings.namespace, logging_level=logging.WARNING)
@@ -50,20 +65,27 @@ def start(settings: Settings, credentials: ProviderCredentials) -> None:
     init_ray(settings)
     quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
     serve.start(http_options=HTTPOptions(host=settings.host, port=settings.port), logging_config=quiet)
-    start_provider_actors(settings, credentials)
+    providers_ready = start_provider_actors(settings, credentials)
     serve.run(
         ParleyIngress.options(logging_config=quiet).bind(settings),
         name=APP_NAME,
         route_prefix="/",
         blocking=False,
     )
+    ray.get(providers_ready, timeout=120)
 
 
-def stop() -> None:
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+def stop(settings: Settings) -> None:
+    if settings.ray_address:
+        # A shared cluster: take our app down, leave the cluster (and other apps) running.
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
+        return
+    # Our own local Ray: stopping it stops Serve, HAProxy and every actor at once. A graceful
+    # serve.shutdown() would first wait out the direct-ingress drain period (~30 s).
+    ray.shutdown()
 
 
 def serve_forever(settings: Settings, credentials: ProviderCredentials) -> int:
@@ -85,5 +107,5 @@ def serve_forever(settings: Settings, credentials: ProviderCredentials) -> int:
     while not stopping.wait(1.0):
         pass
     print("Parley shutting down", flush=True)
-    stop()
+    stop(settings)
     return 0

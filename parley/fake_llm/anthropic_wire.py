@@ -21,6 +21,7 @@ HOLE = Template.HOLE
 
 # ---- request -------------------------------------------------------------------------------
 
+
 def parse_messages(body: dict[str, Any]) -> Conversation:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -90,6 +91,7 @@ def _read_message(conv: Conversation, message: dict[str, Any], call_names: dict[
 
 # ---- reply ---------------------------------------------------------------------------------
 
+
 def signature_for(thinking: str) -> str:
     """Deterministic stand-in for the opaque signature Anthropic attaches to thinking."""
     return base64.b64encode(hashlib.sha256(b"fake-llm:" + thinking.encode()).digest()).decode()
@@ -111,8 +113,9 @@ def _usage(ex: Exchange, output_tokens: int) -> dict[str, Any]:
     }
 
 
-def _message(ex: Exchange, msg_id: str, content: list[dict[str, Any]], stop_reason: str | None,
-             output_tokens: int) -> dict[str, Any]:
+def _message(
+    ex: Exchange, msg_id: str, content: list[dict[str, Any]], stop_reason: str | None, output_tokens: int
+) -> dict[str, Any]:
     return {
         "id": msg_id,
         "type": "message",
@@ -133,18 +136,28 @@ def render_messages(ex: Exchange) -> web.Response:
     reply = ex.reply
     content: list[dict[str, Any]] = []
     if reply.reasoning:
-        content.append({"type": "thinking", "thinking": reply.reasoning, "signature": signature_for(reply.reasoning)})
+        content.append(
+            {"type": "thinking", "thinking": reply.reasoning, "signature": signature_for(reply.reasoning)}
+        )
     if reply.text:  # Anthropic puts the text before the tool_use block
         content.append({"type": "text", "text": reply.text})
     if reply.tool_call is not None:
-        content.append({"type": "tool_use", "id": new_id("toolu_"), "name": reply.tool_call.name,
-                        "input": json.loads(reply.tool_call.arguments)})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": new_id("toolu_"),
+                "name": reply.tool_call.name,
+                "input": json.loads(reply.tool_call.arguments),
+            }
+        )
     body = _message(ex, new_id("msg_"), content, _stop_reason(ex), ex.output_tokens)
     return web.Response(body=dumps(body).encode(), content_type="application/json", headers=_headers())
 
 
 def _block_delta(index: int, delta: dict[str, Any]) -> Template:
-    return Template({"type": "content_block_delta", "index": index, "delta": delta}, event="content_block_delta")
+    return Template(
+        {"type": "content_block_delta", "index": index, "delta": delta}, event="content_block_delta"
+    )
 
 
 async def stream_messages(out: PacedStream, ex: Exchange) -> None:
@@ -156,38 +169,63 @@ async def stream_messages(out: PacedStream, ex: Exchange) -> None:
 
     blocks: list[tuple[dict[str, Any], Template, list[str]]] = []  # (start block, delta template, pieces)
     if reply.reasoning:
-        blocks.append(({"type": "thinking", "thinking": "", "signature": ""},
-                       _block_delta(len(blocks), {"type": "thinking_delta", "thinking": HOLE}),
-                       ex.reasoning_tokens))
+        blocks.append(
+            (
+                {"type": "thinking", "thinking": "", "signature": ""},
+                _block_delta(len(blocks), {"type": "thinking_delta", "thinking": HOLE}),
+                ex.reasoning_tokens,
+            )
+        )
     if reply.text:
-        blocks.append(({"type": "text", "text": ""},
-                       _block_delta(len(blocks), {"type": "text_delta", "text": HOLE}),
-                       ex.text_tokens))
+        blocks.append(
+            (
+                {"type": "text", "text": ""},
+                _block_delta(len(blocks), {"type": "text_delta", "text": HOLE}),
+                ex.text_tokens,
+            )
+        )
     if reply.tool_call is not None:
-        blocks.append(({"type": "tool_use", "id": new_id("toolu_"), "name": reply.tool_call.name, "input": {}},
-                       _block_delta(len(blocks), {"type": "input_json_delta", "partial_json": HOLE}),
-                       split_tokens(reply.tool_call.arguments)))
+        blocks.append(
+            (
+                {"type": "tool_use", "id": new_id("toolu_"), "name": reply.tool_call.name, "input": {}},
+                _block_delta(len(blocks), {"type": "input_json_delta", "partial_json": HOLE}),
+                split_tokens(reply.tool_call.arguments),
+            )
+        )
 
     for index, (block, delta, pieces) in enumerate(blocks):
-        out.event(event_frame("content_block_start",
-                              {"type": "content_block_start", "index": index, "content_block": block}))
+        out.event(
+            event_frame(
+                "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
+            )
+        )
         await out.tokens(delta.render(piece) for piece in pieces)
         if block["type"] == "thinking":
             signature = {"type": "signature_delta", "signature": signature_for(reply.reasoning or "")}
-            out.event(event_frame("content_block_delta",
-                                  {"type": "content_block_delta", "index": index, "delta": signature}))
+            out.event(
+                event_frame(
+                    "content_block_delta", {"type": "content_block_delta", "index": index, "delta": signature}
+                )
+            )
         out.event(event_frame("content_block_stop", {"type": "content_block_stop", "index": index}))
 
-    out.event(event_frame("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": _stop_reason(ex), "stop_sequence": None},
-        "usage": _usage(ex, ex.output_tokens),
-    }))
+    out.event(
+        event_frame(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": _stop_reason(ex), "stop_sequence": None},
+                "usage": _usage(ex, ex.output_tokens),
+            },
+        )
+    )
     out.event(event_frame("message_stop", {"type": "message_stop"}))
     await out.finish()
 
 
-MESSAGES = Dialect(parse=parse_messages, error=anthropic_error, render=render_messages, stream=stream_messages)
+MESSAGES = Dialect(
+    parse=parse_messages, error=anthropic_error, render=render_messages, stream=stream_messages
+)
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -54,15 +54,27 @@ def context_too_long(prompt_tokens: int, limit: int) -> Failure:
 _OPENAI: dict[str, tuple[str, str | None, str]] = {
     "invalid_request": ("invalid_request_error", None, "Invalid request."),
     "auth": ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
-    "permission": ("invalid_request_error", "unsupported_country_region_territory",
-                   "Country, region, or territory not supported."),
-    "not_found": ("invalid_request_error", "model_not_found",
-                  "The model does not exist or you do not have access to it."),
+    "permission": (
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+        "Country, region, or territory not supported.",
+    ),
+    "not_found": (
+        "invalid_request_error",
+        "model_not_found",
+        "The model does not exist or you do not have access to it.",
+    ),
     "too_large": ("invalid_request_error", None, "Request too large."),
-    "rate_limit": ("requests", "rate_limit_exceeded",
-                   "Rate limit reached for requests. Please try again in 1s."),
-    "server": ("server_error", None,
-               "The server had an error while processing your request. Sorry about that!"),
+    "rate_limit": (
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests. Please try again in 1s.",
+    ),
+    "server": (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
     "overloaded": ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
 
@@ -91,7 +103,10 @@ def openai_error(failure: Failure, input_param: str = "messages") -> web.Respons
 _ANTHROPIC: dict[str, tuple[str, str]] = {
     "invalid_request": ("invalid_request_error", "Invalid request."),
     "auth": ("authentication_error", "invalid x-api-key"),
-    "permission": ("permission_error", "Your API key does not have permission to use the specified resource."),
+    "permission": (
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
     "not_found": ("not_found_error", "The requested resource could not be found."),
     "too_large": ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
     "rate_limit": ("rate_limit_error", "Number of requests has exceeded your rate limit."),

@@ -19,6 +19,7 @@ _FINGERPRINT = "fp_fake_llm"
 
 # ---- request -------------------------------------------------------------------------------
 
+
 def parse_chat(body: dict[str, Any]) -> Conversation:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -45,8 +46,11 @@ def parse_chat(body: dict[str, Any]) -> Conversation:
         if role in ("system", "developer"):
             role = "system"
         elif role not in ("user", "assistant", "tool"):
-            raise BadRequest(f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', "
-                             "'user', 'tool', and 'developer'.", "messages")
+            raise BadRequest(
+                f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', "
+                "'user', 'tool', and 'developer'.",
+                "messages",
+            )
         conv.turns.append(Turn(role, text))
     last = messages[-1]
     if last.get("role") == "tool":
@@ -64,6 +68,7 @@ def parse_chat(body: dict[str, Any]) -> Conversation:
 
 
 # ---- reply ---------------------------------------------------------------------------------
+
 
 def _finish_reason(ex: Exchange) -> str:
     if ex.truncated:
@@ -95,11 +100,13 @@ def render_chat(ex: Exchange) -> web.Response:
         "annotations": [],
     }
     if reply.tool_call is not None:
-        message["tool_calls"] = [{
-            "id": new_id("call_"),
-            "type": "function",
-            "function": {"name": reply.tool_call.name, "arguments": reply.tool_call.arguments},
-        }]
+        message["tool_calls"] = [
+            {
+                "id": new_id("call_"),
+                "type": "function",
+                "function": {"name": reply.tool_call.name, "arguments": reply.tool_call.arguments},
+            }
+        ]
     body = {
         "id": new_id("chatcmpl-"),
         "object": "chat.completion",
@@ -110,8 +117,9 @@ def render_chat(ex: Exchange) -> web.Response:
         "service_tier": "default",
         "system_fingerprint": _FINGERPRINT,
     }
-    return web.Response(body=dumps(body).encode(), content_type="application/json",
-                        headers={"x-request-id": new_id("req_")})
+    return web.Response(
+        body=dumps(body).encode(), content_type="application/json", headers={"x-request-id": new_id("req_")}
+    )
 
 
 async def stream_chat(out: PacedStream, ex: Exchange) -> None:
@@ -138,12 +146,22 @@ async def stream_chat(out: PacedStream, ex: Exchange) -> None:
 
     call = ex.reply.tool_call
     if call is not None:
-        out.event(data_frame(chunk({"tool_calls": [{
-            "index": 0,
-            "id": new_id("call_"),
-            "type": "function",
-            "function": {"name": call.name, "arguments": ""},
-        }]})))
+        out.event(
+            data_frame(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": new_id("call_"),
+                                "type": "function",
+                                "function": {"name": call.name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+        )
         fragment = Template(chunk({"tool_calls": [{"index": 0, "function": {"arguments": Template.HOLE}}]}))
         await out.tokens(fragment.render(piece) for piece in split_tokens(call.arguments))
 

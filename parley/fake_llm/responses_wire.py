@@ -20,6 +20,7 @@ HOLE = Template.HOLE
 
 # ---- request -------------------------------------------------------------------------------
 
+
 def parse_responses(body: dict[str, Any]) -> Conversation:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -78,6 +79,7 @@ def parse_responses(body: dict[str, Any]) -> Conversation:
 
 # ---- reply ---------------------------------------------------------------------------------
 
+
 class _Ids:
     """The ids of one response; streamed events and the final object must agree on them."""
 
@@ -103,8 +105,14 @@ def _message_item(ids: _Ids, status: str, content: list[dict[str, Any]]) -> dict
 
 def _function_item(ex: Exchange, ids: _Ids, status: str, arguments: str) -> dict[str, Any]:
     assert ex.reply.tool_call is not None
-    return {"id": ids.function, "type": "function_call", "status": status, "arguments": arguments,
-            "call_id": ids.call, "name": ex.reply.tool_call.name}
+    return {
+        "id": ids.function,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": ids.call,
+        "name": ex.reply.tool_call.name,
+    }
 
 
 def _final_status(ex: Exchange) -> str:
@@ -122,8 +130,9 @@ def _output(ex: Exchange, ids: _Ids) -> list[dict[str, Any]]:
     return output
 
 
-def _response(ex: Exchange, ids: _Ids, status: str, output: list[dict[str, Any]],
-              usage: dict[str, Any] | None) -> dict[str, Any]:
+def _response(
+    ex: Exchange, ids: _Ids, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None
+) -> dict[str, Any]:
     body = ex.body
     reasoning = body.get("reasoning")
     if not isinstance(reasoning, dict):
@@ -178,8 +187,9 @@ def _usage(ex: Exchange) -> dict[str, Any]:
 def render_responses(ex: Exchange) -> web.Response:
     ids = _Ids()
     body = _response(ex, ids, _final_status(ex), _output(ex, ids), _usage(ex))
-    return web.Response(body=dumps(body).encode(), content_type="application/json",
-                        headers={"x-request-id": new_id("req_")})
+    return web.Response(
+        body=dumps(body).encode(), content_type="application/json", headers={"x-request-id": new_id("req_")}
+    )
 
 
 class _Events:
@@ -261,9 +271,14 @@ async def _stream_function(ev: _Events, ex: Exchange, ids: _Ids, index: int) -> 
     delta = ev.template("response.function_call_arguments.delta", **at, delta=HOLE)
     await ev.tokens(delta, split_tokens(arguments))
     ev.emit("response.function_call_arguments.done", **at, name=ex.reply.tool_call.name, arguments=arguments)
-    ev.emit("response.output_item.done", output_index=index,
-            item=_function_item(ex, ids, "completed", arguments))
+    ev.emit(
+        "response.output_item.done", output_index=index, item=_function_item(ex, ids, "completed", arguments)
+    )
 
 
-RESPONSES = Dialect(parse=parse_responses, error=partial(openai_error, input_param="input"),
-                    render=render_responses, stream=stream_responses)
+RESPONSES = Dialect(
+    parse=parse_responses,
+    error=partial(openai_error, input_param="input"),
+    render=render_responses,
+    stream=stream_responses,
+)

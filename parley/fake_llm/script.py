@@ -57,10 +57,11 @@ def _first_rule(conv: Conversation, text: str) -> Reply:
 
 # ---- the rules, first match wins ----------------------------------------------------------
 
+
 def _call_tool(m: re.Match[str], conv: Conversation) -> Reply:
     wanted = m.group("name")
     name = _offered_tool(conv, wanted)
-    rest = m.string[m.end():]
+    rest = m.string[m.end() :]
     args, rest = _json_after_with(rest)
     said = re.search(r"\band say\s+(?P<x>.+)$", rest, _FLAGS)
     preface = _strip_period(said.group("x")) if said else ""
@@ -121,6 +122,7 @@ RULES: tuple[tuple[re.Pattern[str], RuleAction], ...] = (
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
 
 def _offered_tool(conv: Conversation, wanted: str) -> str | None:
     if wanted in conv.tools:

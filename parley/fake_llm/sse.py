@@ -111,7 +111,7 @@ class PacedStream:
     async def finish(self) -> None:
         if self._cut is not None:
             # A cut stream never completes, even when the reply had fewer than K tokens.
-            del self._buffer[self._after_last_token:]
+            del self._buffer[self._after_last_token :]
             await self._drop()
         await self._flush()
         await self.response.write_eof()

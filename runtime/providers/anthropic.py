@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anthropic
 
-from ..message import Message, ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
-from .base import ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
+from ..message import ReasoningPart, TextPart, ToolCallPart
+from .anthropic_format import encode
+from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
 from .sdk_errors import provider_error_from
 
-DEFAULT_MAX_TOKENS = 4096
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length"}
 
 
@@ -47,8 +46,14 @@ class AnthropicProvider:
         return client
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
+        return await self.send(encode(request))
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        return self.stream_encoded(encode(request))
+
+    async def send(self, encoded: EncodedRequest) -> ModelResponse:
         try:
-            reply = await self._client(request.endpoint).messages.create(**_params(request))
+            reply = await self._client(encoded.endpoint).messages.create(**encoded.body)
         except anthropic.AnthropicError as exc:
             raise provider_error_from(exc, anthropic, "anthropic") from None
         parts: list[ResponsePart] = []
@@ -68,13 +73,13 @@ class AnthropicProvider:
             finish=_FINISH.get(reply.stop_reason or "end_turn", "stop"),  # type: ignore[arg-type]
         )
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+    async def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         parts: list[ResponsePart] = []
         by_block: dict[int, int] = {}  # Anthropic's content block index -> our part index
         prompt_tokens = completion_tokens = 0
         finish = "stop"
         try:
-            stream = await self._client(request.endpoint).messages.create(**_params(request), stream=True)
+            stream = await self._client(encoded.endpoint).messages.create(**encoded.body, stream=True)
             async for event in stream:
                 if event.type == "message_start":
                     prompt_tokens = event.message.usage.input_tokens
@@ -120,73 +125,3 @@ class AnthropicProvider:
             completion_tokens=completion_tokens,
             finish=finish,  # type: ignore[arg-type]
         )
-
-
-def _params(request: ModelRequest) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "model": request.model,
-        "system": request.system,
-        "messages": to_anthropic_messages(request.messages),
-        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-    }
-    if request.tools:
-        params["tools"] = [
-            {"name": t.name, "description": t.description, "input_schema": t.parameters}
-            for t in request.tools
-        ]
-    if request.temperature is not None and not request.thinking:
-        params["temperature"] = request.temperature
-    if request.thinking:
-        params["thinking"] = request.thinking
-    return params
-
-
-def to_anthropic_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Anthropic wants alternating turns; consecutive same-role messages are merged into one turn."""
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        role = "assistant" if message.role == "assistant" else "user"
-        blocks = _blocks(message)
-        if not blocks:
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return out
-
-
-def _blocks(message: Message) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for part in message.parts:
-        if isinstance(part, TextPart):
-            if part.text:
-                blocks.append({"type": "text", "text": part.text})
-        elif isinstance(part, ReasoningPart):
-            # Thinking goes back only with its signature (Anthropic rejects unsigned thinking).
-            if part.signature and part.text:
-                blocks.append({"type": "thinking", "thinking": part.text, "signature": part.signature})
-            elif part.signature:
-                blocks.append({"type": "redacted_thinking", "data": part.signature})
-        elif isinstance(part, ToolCallPart):
-            blocks.append(
-                {"type": "tool_use", "id": part.id, "name": part.name, "input": _json_object(part.arguments)}
-            )
-        elif isinstance(part, ToolReturnPart):
-            blocks.append(
-                {
-                    "type": "tool_result",
-                    "tool_use_id": part.tool_call_id,
-                    "content": part.content,
-                    "is_error": part.status == "error",
-                }
-            )
-    return blocks
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}

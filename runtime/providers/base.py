@@ -34,6 +34,18 @@ class ModelRequest(BaseModel):
     endpoint: str | None = None  # a base URL overriding the provider's default
 
 
+@dataclass
+class EncodedRequest:
+    """A request already in its provider's wire form: plain data, cheap to send between processes."""
+
+    provider: str
+    endpoint: str | None
+    body: dict[str, Any]
+
+
+# Stored message id -> its wire encoding; valid for as long as messages are immutable (always).
+MessageCache = dict[str, list[dict[str, Any]]]
+
 ResponsePart = TextPart | ReasoningPart | ToolCallPart
 
 

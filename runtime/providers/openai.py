@@ -17,8 +17,9 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from ..message import Message, TextPart, ToolCallPart, ToolReturnPart
-from .base import ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
+from ..message import TextPart, ToolCallPart
+from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
+from .openai_format import encode
 from .sdk_errors import provider_error_from
 
 _FINISH = {"stop": "stop", "tool_calls": "tool_calls", "function_call": "tool_calls", "length": "length"}
@@ -55,9 +56,15 @@ class OpenAIProvider:
         return client
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
+        return await self.send(encode(request))
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        return self.stream_encoded(encode(request))
+
+    async def send(self, encoded: EncodedRequest) -> ModelResponse:
         try:
-            completion = await self._client(request.endpoint).post(
-                "/chat/completions", body=_params(request), cast_to=ChatCompletion
+            completion = await self._client(encoded.endpoint).post(
+                "/chat/completions", body=encoded.body, cast_to=ChatCompletion
             )
         except openai.OpenAIError as exc:
             raise provider_error_from(exc, openai, "openai") from None
@@ -77,12 +84,12 @@ class OpenAIProvider:
             finish=_FINISH.get(choice.finish_reason or "stop", "stop"),  # type: ignore[arg-type]
         )
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+    async def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         assembly = _StreamAssembly()
         try:
-            stream = await self._client(request.endpoint).post(
+            stream = await self._client(encoded.endpoint).post(
                 "/chat/completions",
-                body={**_params(request), "stream": True, "stream_options": {"include_usage": True}},
+                body={**encoded.body, "stream": True, "stream_options": {"include_usage": True}},
                 cast_to=ChatCompletion,
                 stream=True,
                 stream_cls=openai.AsyncStream[ChatCompletionChunk],
@@ -149,47 +156,3 @@ class _StreamAssembly:
             completion_tokens=self.completion_tokens,
             finish=self.finish,  # type: ignore[arg-type]
         )
-
-
-def _params(request: ModelRequest) -> dict[str, Any]:
-    params: dict[str, Any] = {"model": request.model, "messages": to_openai_messages(request)}
-    if request.tools:
-        params["tools"] = [
-            {
-                "type": "function",
-                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-            }
-            for t in request.tools
-        ]
-    if request.max_tokens is not None:
-        params["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
-    return params
-
-
-def to_openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
-    for message in request.messages:
-        out.extend(_openai_message(message))
-    return out
-
-
-def _openai_message(message: Message) -> list[dict[str, Any]]:
-    if message.role == "tool":
-        return [
-            {"role": "tool", "tool_call_id": p.tool_call_id, "content": p.content}
-            for p in message.parts
-            if isinstance(p, ToolReturnPart)
-        ]
-    if message.role == "assistant":
-        # Reasoning parts are the model's own; chat completions has no way to send them back.
-        entry: dict[str, Any] = {"role": "assistant", "content": message.text() or None}
-        calls = message.tool_calls()
-        if calls:
-            entry["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in calls
-            ]
-        return [entry]
-    return [{"role": message.role, "content": message.text()}]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ..settings import ProviderCredentials
-from .base import ModelDelta, ModelRequest, ModelResponse, Provider, ProviderError
+from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError
 
 KNOWN_PROVIDERS = ("openai", "anthropic")
 
@@ -19,15 +20,16 @@ class ProviderRegistry:
         self._credentials = credentials
         self._max_retries = max_retries
         self._timeout = timeout
-        self._adapters: dict[str, Provider] = {}
+        self._adapters: dict[str, Any] = {}
 
-    def adapter(self, provider: str) -> Provider:
+    def adapter(self, provider: str) -> Any:
+        """The provider's adapter (``OpenAIProvider``, ``AnthropicProvider``), built on first use."""
         adapter = self._adapters.get(provider)
         if adapter is None:
             adapter = self._adapters[provider] = self._build(provider)
         return adapter
 
-    def _build(self, provider: str) -> Provider:
+    def _build(self, provider: str) -> Any:
         creds = self._credentials
         if provider == "openai":
             from .openai import OpenAIProvider
@@ -48,3 +50,9 @@ class ProviderRegistry:
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         return self.adapter(request.provider).stream(request)
+
+    async def send(self, encoded: EncodedRequest) -> ModelResponse:
+        return await self.adapter(encoded.provider).send(encoded)
+
+    def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        return self.adapter(encoded.provider).stream_encoded(encoded)

@@ -109,7 +109,9 @@ async def make_world(store: SqliteStore) -> World:
     return World(store, agent, blocks, conversation)
 
 
-async def make_runner(store: SqliteStore, provider: ScriptedProvider, **kwargs: Any) -> tuple[ConversationRunner, World]:
+async def make_runner(
+    store: SqliteStore, provider: ScriptedProvider, **kwargs: Any
+) -> tuple[ConversationRunner, World]:
     world = await make_world(store)
     runner = ConversationRunner(store, provider, world.conversation.id, **kwargs)
     await runner.activate()
@@ -526,7 +528,9 @@ def test_activate_fails_runs_left_running(store: SqliteStore) -> None:
         world = await make_world(store)
         other = Conversation(agent_id=world.agent.id)
         await store.create_conversation(other)
-        left_running = Run(agent_id=world.agent.id, conversation_id=world.conversation.id, status=RunStatus.running)
+        left_running = Run(
+            agent_id=world.agent.id, conversation_id=world.conversation.id, status=RunStatus.running
+        )
         left_created = Run(agent_id=world.agent.id, conversation_id=world.conversation.id)
         finished = Run(
             agent_id=world.agent.id,
@@ -619,7 +623,9 @@ def test_stream_tokens_emits_deltas_of_the_final_message(store: SqliteStore) -> 
 
 def test_stream_tokens_provider_error_mid_stream(store: SqliteStore) -> None:
     async def main() -> None:
-        step = Step(deltas=[ModelDelta("text", 0, "partial")], error=ProviderError("connection reset", "connection"))
+        step = Step(
+            deltas=[ModelDelta("text", 0, "partial")], error=ProviderError("connection reset", "connection")
+        )
         runner, world = await make_runner(store, ScriptedProvider(step), coalesce_interval=0.001)
         events = await collect(runner.send(request(stream_tokens=True)))
         assert kinds(events) == ["started", "delta", "stopped", "done"]
@@ -648,7 +654,12 @@ def test_usage_accumulates_over_steps(store: SqliteStore) -> None:
         assert stopped.stop_reason is StopReason.max_steps
         assert len([e for e in events if isinstance(e, MessageDone)]) == 3
         usage = stopped.usage
-        assert (usage.step_count, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (3, 15, 6, 21)
+        assert (usage.step_count, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+            3,
+            15,
+            6,
+            21,
+        )
         run_row = await store.get_run(stopped.run_id)
         assert run_row is not None
         assert run_row.usage == usage
@@ -659,7 +670,9 @@ def test_usage_accumulates_over_steps(store: SqliteStore) -> None:
 
 def test_usage_is_per_run(store: SqliteStore) -> None:
     async def main() -> None:
-        provider = ScriptedProvider(Step(reply(prompt=10, completion=3)), Step(reply(prompt=20, completion=4)))
+        provider = ScriptedProvider(
+            Step(reply(prompt=10, completion=3)), Step(reply(prompt=20, completion=4))
+        )
         runner, _ = await make_runner(store, provider)
         first = only(await collect(runner.send(request())), Stopped).usage
         second = only(await collect(runner.send(request())), Stopped).usage

@@ -43,6 +43,7 @@ THINKING: Any = {"type": "enabled", "budget_tokens": 1024}
 
 # ---- fixtures ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeLLMThread]:
     with FakeLLMThread() as server:
@@ -64,8 +65,9 @@ def user(text: str) -> Any:
 
 
 def http(fake: FakeLLMThread, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(fake.base_url + path, data=body, method=method,
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        fake.base_url + path, data=body, method=method, headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return response.status, json.loads(response.read())
@@ -75,24 +77,29 @@ def http(fake: FakeLLMThread, method: str, path: str, body: bytes | None = None)
 
 # ---- pure logic ----------------------------------------------------------------------------
 
+
 def conv_of(*user_texts: str, tools: dict[str, Any] | None = None, can_reason: bool = False) -> Conversation:
-    return Conversation(model="m", turns=[Turn("user", t) for t in user_texts], tools=tools or {},
-                        can_reason=can_reason)
+    return Conversation(
+        model="m", turns=[Turn("user", t) for t in user_texts], tools=tools or {}, can_reason=can_reason
+    )
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Hello!", "Hello! How can I help you today?"),
-    ("hey", "Hello! How can I help you today?"),
-    ("remember the word: banana", "Okay, I will remember the word banana."),
-    ("Please reply with Blue sky.", "Blue sky"),
-    ("say   hi there", "hi there"),
-    ("echo Same. Text.", "Same. Text."),
-    ("count to 3", "1 2 3"),
-    ("think about rain.", "I thought about rain."),
-    ("what word did I tell you?", "I don't know any word."),
-    ("call tool fly", "I have no tool named fly."),
-    ("something else", "You said: something else"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hello!", "Hello! How can I help you today?"),
+        ("hey", "Hello! How can I help you today?"),
+        ("remember the word: banana", "Okay, I will remember the word banana."),
+        ("Please reply with Blue sky.", "Blue sky"),
+        ("say   hi there", "hi there"),
+        ("echo Same. Text.", "Same. Text."),
+        ("count to 3", "1 2 3"),
+        ("think about rain.", "I thought about rain."),
+        ("what word did I tell you?", "I don't know any word."),
+        ("call tool fly", "I have no tool named fly."),
+        ("something else", "You said: something else"),
+    ],
+)
 def test_script_rules(text: str, expected: str) -> None:
     assert decide(conv_of(text), text).text == expected
 
@@ -117,7 +124,9 @@ def test_script_tool_result_and_reasoning() -> None:
     reply = decide(conv, "4")
     assert reply.text == "Tool roll_dice returned: 4"
     assert reply.reasoning
-    assert decide(conv_of("think about it", can_reason=True), "think about it").reasoning == "Thinking about it."
+    assert (
+        decide(conv_of("think about it", can_reason=True), "think about it").reasoning == "Thinking about it."
+    )
 
 
 def test_script_count_is_capped() -> None:
@@ -125,7 +134,9 @@ def test_script_count_is_capped() -> None:
 
 
 def test_directives_are_parsed_and_stripped() -> None:
-    found, text = extract_directives("[[latency=0.5]] hi [[TOKEN_DELAY=0.01]][[status=429]] [[cut=3]] [[hang]]")
+    found, text = extract_directives(
+        "[[latency=0.5]] hi [[TOKEN_DELAY=0.01]][[status=429]] [[cut=3]] [[hang]]"
+    )
     assert found == Directives(latency=0.5, token_delay=0.01, status=429, cut=3, hang=True)
     assert text == "hi"
     assert extract_directives("plain [[other]] text") == (Directives(), "plain [[other]] text")
@@ -141,6 +152,7 @@ def test_tokens() -> None:
 
 # ---- OpenAI chat completions ---------------------------------------------------------------
 
+
 def test_chat_completion(oai: openai.OpenAI) -> None:
     result = oai.chat.completions.create(model="gpt-test", messages=[user("hello")])
     assert result.model == "gpt-test"
@@ -153,9 +165,14 @@ def test_chat_completion(oai: openai.OpenAI) -> None:
 
 
 def test_chat_completion_stream_with_usage(oai: openai.OpenAI) -> None:
-    chunks = list(oai.chat.completions.create(
-        model="gpt-test", messages=[user("count to 5")], stream=True, stream_options={"include_usage": True}
-    ))
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-test",
+            messages=[user("count to 5")],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "1 2 3 4 5"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -182,7 +199,8 @@ def test_chat_tool_call_round_trip(oai: openai.OpenAI) -> None:
 
 def test_chat_streamed_tool_call(oai: openai.OpenAI) -> None:
     with oai.chat.completions.stream(
-        model="gpt-test", tools=CHAT_TOOLS,
+        model="gpt-test",
+        tools=CHAT_TOOLS,
         messages=[user('call tool roll_dice with {"num_sides": 20}')],
     ) as stream:
         final = stream.get_final_completion()
@@ -225,9 +243,12 @@ def test_remember_and_recall_across_turns(oai: openai.OpenAI, ant: anthropic.Ant
 
 # ---- OpenAI Responses API ------------------------------------------------------------------
 
+
 def test_responses_create_with_reasoning(oai: openai.OpenAI) -> None:
     response = oai.responses.create(
-        model="gpt-test", input="think about tides", instructions="Be brief.",
+        model="gpt-test",
+        input="think about tides",
+        instructions="Be brief.",
         reasoning={"effort": "low", "summary": "auto"},
     )
     assert response.id.startswith("resp_") and response.status == "completed"
@@ -267,8 +288,11 @@ def test_responses_stream_reasoning_and_function_call(oai: openai.OpenAI) -> Non
     ) as stream:
         kinds = {e.type for e in stream}
         final = stream.get_final_response()
-    assert {"response.reasoning_summary_text.delta", "response.function_call_arguments.delta",
-            "response.function_call_arguments.done"} <= kinds
+    assert {
+        "response.reasoning_summary_text.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    } <= kinds
     assert [item.type for item in final.output] == ["reasoning", "function_call"]
 
 
@@ -276,19 +300,31 @@ def test_responses_function_call_round_trip(oai: openai.OpenAI) -> None:
     first = oai.responses.create(model="gpt-test", input="call roll_dice", tools=RESPONSES_TOOLS)
     call = first.output[0]
     assert call.type == "function_call" and call.name == "roll_dice"
-    second = oai.responses.create(model="gpt-test", tools=RESPONSES_TOOLS, input=[
-        {"role": "user", "content": [{"type": "input_text", "text": "call roll_dice"}]},
-        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
-        {"type": "function_call_output", "call_id": call.call_id, "output": "5"},
-    ])
+    second = oai.responses.create(
+        model="gpt-test",
+        tools=RESPONSES_TOOLS,
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "call roll_dice"}]},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "5"},
+        ],
+    )
     assert second.output_text == "Tool roll_dice returned: 5"
 
 
 # ---- Anthropic Messages --------------------------------------------------------------------
 
+
 def test_anthropic_message(ant: anthropic.Anthropic) -> None:
     message = ant.messages.create(
-        model="claude-test", max_tokens=100, system=[{"type": "text", "text": "Be nice."}],
+        model="claude-test",
+        max_tokens=100,
+        system=[{"type": "text", "text": "Be nice."}],
         messages=[user("echo Hi, there")],
     )
     assert message.id.startswith("msg_") and message.model == "claude-test"
@@ -318,25 +354,38 @@ def test_anthropic_tool_use_with_text_first(ant: anthropic.Anthropic) -> None:
     assert text.type == "text" and text.text == "Rolling now"
     assert tool_use.type == "tool_use" and tool_use.input == {"num_sides": 1}
 
-    messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in final.content]})
-    messages.append({"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": tool_use.id, "content": [{"type": "text", "text": "6"}]},
-    ]})
+    messages.append(
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in final.content]}
+    )
+    messages.append(
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": tool_use.id,
+                    "content": [{"type": "text", "text": "6"}],
+                },
+            ],
+        }
+    )
     answer = ant.messages.create(model="c", max_tokens=100, messages=messages, tools=ANTHROPIC_TOOLS)
     assert answer.content[0].type == "text"
     assert answer.content[0].text == "Tool roll_dice returned: 6"
 
 
 def test_anthropic_thinking(ant: anthropic.Anthropic) -> None:
-    message = ant.messages.create(model="c", max_tokens=2000, thinking=THINKING,
-                                  messages=[user("think about stars")])
+    message = ant.messages.create(
+        model="c", max_tokens=2000, thinking=THINKING, messages=[user("think about stars")]
+    )
     thinking, text = message.content
     assert thinking.type == "thinking" and thinking.thinking == "Thinking about stars."
     assert thinking.signature == signature_for("Thinking about stars.")
     assert text.type == "text" and text.text == "I thought about stars."
 
-    with ant.messages.stream(model="c", max_tokens=2000, thinking=THINKING,
-                             messages=[user("think about stars")]) as stream:
+    with ant.messages.stream(
+        model="c", max_tokens=2000, thinking=THINKING, messages=[user("think about stars")]
+    ) as stream:
         final = stream.get_final_message()
     assert final.content[0].type == "thinking"
     assert final.content[0].thinking == "Thinking about stars."
@@ -351,6 +400,7 @@ def test_anthropic_count_tokens_and_models(ant: anthropic.Anthropic, oai: openai
 
 
 # ---- failures and directives ---------------------------------------------------------------
+
 
 def test_context_length_exceeded() -> None:
     with FakeLLMThread(FakeLLMOptions(max_context_tokens=10)) as small:
@@ -384,13 +434,17 @@ def test_status_directive(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
 def test_cut_directive_ends_stream_early(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
     pieces: list[str] = []
     with pytest.raises(openai.APIConnectionError):
-        for chunk in oai.chat.completions.create(model="m", stream=True, messages=[user("[[cut=3]] count to 20")]):
+        for chunk in oai.chat.completions.create(
+            model="m", stream=True, messages=[user("[[cut=3]] count to 20")]
+        ):
             pieces.extend(c.delta.content or "" for c in chunk.choices)
     assert "".join(pieces) == "1 2 3 "
 
     received: list[str] = []
     try:
-        with ant.messages.stream(model="c", max_tokens=100, messages=[user("count to 20 [[cut=3]]")]) as stream:
+        with ant.messages.stream(
+            model="c", max_tokens=100, messages=[user("count to 20 [[cut=3]]")]
+        ) as stream:
             received.extend(stream.text_stream)
     except Exception:
         pass  # an early end without an error would also be acceptable
@@ -407,7 +461,9 @@ def test_latency_and_token_delay_directives(oai: openai.OpenAI) -> None:
     assert reply.choices[0].message.content == "Hello! How can I help you today?"
 
     started = time.monotonic()
-    stream = oai.chat.completions.create(model="m", stream=True, messages=[user("[[token_delay=0.05]] count to 5")])
+    stream = oai.chat.completions.create(
+        model="m", stream=True, messages=[user("[[token_delay=0.05]] count to 5")]
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == "1 2 3 4 5"
     assert time.monotonic() - started >= 0.2  # four gaps between five tokens
 
@@ -447,6 +503,7 @@ def test_health_and_stats(fake: FakeLLMThread, oai: openai.OpenAI, ant: anthropi
 
 # ---- starting the server -------------------------------------------------------------------
 
+
 def test_async_starter_with_async_clients() -> None:
     async def scenario() -> tuple[str | None, str]:
         runner, port = await start_fake_llm("127.0.0.1", 0, FakeLLMOptions())
@@ -471,7 +528,10 @@ def test_cli_prints_listening_line() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "parley.fake_llm", "--port", "0", "--latency", "0"],
-        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
     )
     try:
         assert process.stdout is not None

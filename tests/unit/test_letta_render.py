@@ -267,7 +267,10 @@ def test_pings_dropped_when_not_wanted() -> None:
     assert types_of(with_pings) == ["ping", "ping"]
     assert all(ids.is_valid(ids.PING, p["id"]) for p in payloads(with_pings))
     assert StreamRenderer(include_pings=False).render(batch) == b""
-    assert types_of(StreamRenderer(include_pings=False).render(full_run(assistant_turn())))[0] == "reasoning_message"
+    assert (
+        types_of(StreamRenderer(include_pings=False).render(full_run(assistant_turn())))[0]
+        == "reasoning_message"
+    )
 
 
 def test_include_types_filters_messages() -> None:
@@ -296,7 +299,9 @@ def test_deltas_share_id_and_otid_per_letta_message() -> None:
     final = assistant_turn()
     mid = final.id
 
-    def delta(seq: int, part: str, index: int, text: str, call: str | None = None, name: str | None = None) -> Delta:
+    def delta(
+        seq: int, part: str, index: int, text: str, call: str | None = None, name: str | None = None
+    ) -> Delta:
         return Delta(
             run_id=RUN_ID,
             message_id=mid,
@@ -342,7 +347,10 @@ def test_deltas_share_id_and_otid_per_letta_message() -> None:
     calls = [b["tool_call"] for b in body if b["message_type"] == "tool_call_message"]
     assert [c["tool_call_id"] for c in calls] == ["call_a", "call_b", None]
     assert [c["name"] for c in calls] == ["lookup", "fetch", None]
-    assert "".join(b["reasoning"] for b in body if b["message_type"] == "reasoning_message") == "Thinking it over."
+    assert (
+        "".join(b["reasoning"] for b in body if b["message_type"] == "reasoning_message")
+        == "Thinking it over."
+    )
     assert "".join(b["content"] for b in body if b["message_type"] == "assistant_message") == (
         "Let me check two things."
     )
@@ -350,7 +358,14 @@ def test_deltas_share_id_and_otid_per_letta_message() -> None:
 
 def test_tool_call_deltas_parse_in_the_sdk() -> None:
     first = Delta(
-        run_id=RUN_ID, message_id=MESSAGE_ID, part="tool_call", index=0, text="{", tool_call_id="c1", tool_name="f", seq=1
+        run_id=RUN_ID,
+        message_id=MESSAGE_ID,
+        part="tool_call",
+        index=0,
+        text="{",
+        tool_call_id="c1",
+        tool_name="f",
+        seq=1,
     )
     raw = StreamRenderer().render([first])
     [parsed] = [sdk_parse(b) for b in payloads(raw)]
@@ -361,7 +376,14 @@ def test_tool_call_deltas_parse_in_the_sdk() -> None:
 def test_tool_call_continuation_delta_parses_in_the_sdk() -> None:
     renderer = StreamRenderer()
     start = Delta(
-        run_id=RUN_ID, message_id=MESSAGE_ID, part="tool_call", index=0, text="{", tool_call_id="c1", tool_name="f", seq=1
+        run_id=RUN_ID,
+        message_id=MESSAGE_ID,
+        part="tool_call",
+        index=0,
+        text="{",
+        tool_call_id="c1",
+        tool_name="f",
+        seq=1,
     )
     more = Delta(run_id=RUN_ID, message_id=MESSAGE_ID, part="tool_call", index=0, text="}", seq=2)
     raw = renderer.render([start, more])

@@ -41,7 +41,9 @@ def store(db_path: str) -> Iterator[SqliteStore]:
     s.close()
 
 
-def make_agent(name: str = "agent", tags: list[str] | None = None, block_ids: list[str] | None = None) -> Agent:
+def make_agent(
+    name: str = "agent", tags: list[str] | None = None, block_ids: list[str] | None = None
+) -> Agent:
     return Agent(
         name=name,
         tags=tags or [],
@@ -412,7 +414,9 @@ def test_list_messages_unknown_cursor_is_ignored(
     assert ids_of(run(store.list_messages(conversation.id, page))) == message_ids
 
 
-def test_list_messages_positions_set(store: SqliteStore, five_messages: tuple[Conversation, list[str]]) -> None:
+def test_list_messages_positions_set(
+    store: SqliteStore, five_messages: tuple[Conversation, list[str]]
+) -> None:
     conversation, _ = five_messages
     positions = [m.position for m in run(store.list_messages(conversation.id, Page(order="asc")))]
     assert all(p is not None for p in positions)
@@ -430,7 +434,9 @@ def test_get_messages_keeps_requested_order(
     assert run(store.get_messages([])) == []
 
 
-def test_replace_message_keeps_position(store: SqliteStore, five_messages: tuple[Conversation, list[str]]) -> None:
+def test_replace_message_keeps_position(
+    store: SqliteStore, five_messages: tuple[Conversation, list[str]]
+) -> None:
     conversation, message_ids = five_messages
     [original] = run(store.get_messages([message_ids[2]]))
     rewritten = original.model_copy(update={"parts": [TextPart(text="rewritten")]})
