@@ -129,14 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run(args.url, None, args.conversations, args.turns, args.sequential), indent=2))
         return 0
     fake = start_fake_llm()
-    server = None
     try:
         env = dict(item.split("=", 1) for item in args.env)
-        server = start_server(fake, Path(tempfile.mkdtemp(prefix="parley-bench-")), env=env)
-        print(json.dumps(run(server.url, server, args.conversations, args.turns, args.sequential), indent=2))
+        with tempfile.TemporaryDirectory(prefix="parley-bench-") as data_dir:
+            server = start_server(fake, Path(data_dir), env=env)
+            try:
+                result = run(server.url, server, args.conversations, args.turns, args.sequential)
+            finally:
+                server.stop()
+        print(json.dumps(result, indent=2))
     finally:
-        if server:
-            server.stop()
         fake.stop()
     return 0
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -36,10 +39,32 @@ THROUGHPUT_MODE = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIM
 
 
 def configure_serve_environment() -> None:
-    """Must run before Ray starts: Serve's processes read these when they start."""
-    if os.environ.get("PARLEY_SERVE_HAPROXY", "1") != "0":
-        for name, value in THROUGHPUT_MODE.items():
-            os.environ.setdefault(name, value)
+    """Must run before Ray starts: Serve's processes read these when they start.
+
+    HAProxy's stats and metrics ports and its files default to fixed, machine-wide places
+    (8404, 9101, /tmp/haproxy-serve); each Parley gets its own so that two can share a machine.
+    """
+    if os.environ.get("PARLEY_SERVE_HAPROXY", "1") == "0":
+        return
+    for name, value in THROUGHPUT_MODE.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+    if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" not in os.environ:
+        # Short on purpose: Serve nests a 56-character node id under it, and a unix socket path
+        # must stay under ~100 characters.
+        base = tempfile.mkdtemp(prefix="parley", dir="/tmp")
+        os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = base
+        os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = f"{base}/haproxy.cfg"
+        os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] = f"{base}/admin.sock"
+        os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = f"{base}/server-state"
+        os.environ["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"] = f"{base}/metrics.sock"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def init_ray(settings: Settings) -> None:
@@ -86,6 +111,13 @@ def stop(settings: Settings) -> None:
     # Our own local Ray: stopping it stops Serve, HAProxy and every actor at once. A graceful
     # serve.shutdown() would first wait out the direct-ingress drain period (~30 s).
     ray.shutdown()
+    _remove_haproxy_files()
+
+
+def _remove_haproxy_files() -> None:
+    base = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
+    if os.path.basename(base).startswith("parley"):
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def serve_forever(settings: Settings, credentials: ProviderCredentials) -> int:

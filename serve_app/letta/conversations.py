@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from runtime import ids
 from runtime.clock import utcnow
@@ -15,6 +15,7 @@ from runtime.handles import split_handle
 from runtime.store import Page
 from serve_app.routing import collection, require_id
 from serve_app.services import Services, ServicesDep
+from serve_app.sse import EventStreamResponse
 
 from . import render
 from .agents import load_agent
@@ -104,7 +105,7 @@ async def delete_conversation(conversation_id: str, services: ServicesDep) -> No
 @router.post("/v1/conversations/{conversation_id}/messages", response_model=None)
 async def send_message(
     conversation_id: str, body: SendMessages, services: ServicesDep
-) -> StreamingResponse | JSONResponse:
+) -> EventStreamResponse | JSONResponse:
     conversation = await load_conversation(services, conversation_id)
     turn = turn_request(body, "send_conversation_message")
     stream = await services.directory.open_stream(conversation.id, "send", turn)
@@ -133,7 +134,7 @@ async def list_messages(
 @router.post("/v1/conversations/{conversation_id}/stream", response_model=None)
 async def resume_stream(
     conversation_id: str, services: ServicesDep, body: RetrieveStream | None = None
-) -> StreamingResponse:
+) -> EventStreamResponse:
     conversation = await load_conversation(services, conversation_id)
     body = body or RetrieveStream()
     if body.run_id is None and services.directory.live(conversation.id) is None:

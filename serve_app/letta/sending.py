@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from actors.directory import Stream
 from runtime.events import MessageDone, RunEvent, Stopped
@@ -38,8 +38,8 @@ def turn_request(body: SendMessages, run_type: str) -> TurnRequest:
     )
 
 
-def sse_response(stream: Stream, renderer: render.StreamRenderer) -> StreamingResponse:
-    return StreamingResponse(_sse_body(stream, renderer), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+def sse_response(stream: Stream, renderer: render.StreamRenderer) -> sse.EventStreamResponse:
+    return sse.EventStreamResponse(_sse_body(stream, renderer))
 
 
 async def _sse_body(stream: Stream, renderer: render.StreamRenderer) -> AsyncIterator[bytes]:
