@@ -42,6 +42,7 @@ class Settings(BaseModel):
     namespace: str = "parley"  # Ray namespace of the conversation and provider actors
     conversation_idle_seconds: float = 300.0  # a live conversation actor passivates after this
     keepalive_seconds: float = 20.0  # ping on a stream after this much silence
+    heartbeat_seconds: float = 1.0  # SSE comment on a silent stream, so a vanished client is noticed
     provider_actors: int = 1
     provider_max_retries: int = 2
     provider_timeout_seconds: float = 300.0

@@ -112,7 +112,7 @@ async def send_message(
     if body.streaming is False:
         return await json_response(stream, body.include_return_message_types)
     renderer = render.StreamRenderer(body.include_pings, body.include_return_message_types)
-    return sse_response(stream, renderer)
+    return sse_response(stream, renderer, services.settings.heartbeat_seconds)
 
 
 @router.get("/v1/conversations/{conversation_id}/messages")
@@ -140,7 +140,9 @@ async def resume_stream(
     if body.run_id is None and services.directory.live(conversation.id) is None:
         raise InvalidArgument("No active runs found for this conversation.")
     stream = await services.directory.open_stream(conversation.id, "follow", body.run_id, body.starting_after)
-    return sse_response(stream, render.StreamRenderer(body.include_pings))
+    return sse_response(
+        stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
+    )
 
 
 @router.post("/v1/conversations/{conversation_id}/cancel")

@@ -38,8 +38,10 @@ def turn_request(body: SendMessages, run_type: str) -> TurnRequest:
     )
 
 
-def sse_response(stream: Stream, renderer: render.StreamRenderer) -> sse.EventStreamResponse:
-    return sse.EventStreamResponse(_sse_body(stream, renderer))
+def sse_response(
+    stream: Stream, renderer: render.StreamRenderer, heartbeat: float
+) -> sse.EventStreamResponse:
+    return sse.EventStreamResponse(sse.with_heartbeat(_sse_body(stream, renderer), heartbeat))
 
 
 async def _sse_body(stream: Stream, renderer: render.StreamRenderer) -> AsyncIterator[bytes]:
