@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import ray
 
 from runtime.conversation_runner import ConversationRunner
-from runtime.events import RunEvent
+from runtime.events import encode_batch
 from runtime.settings import Settings
 from runtime.store import open_store
 from runtime.turn import TurnRequest
@@ -43,6 +43,7 @@ class ConversationActor:
             keepalive_seconds=settings.keepalive_seconds,
             coalesce_interval=settings.coalesce_ms / 1000,
             coalesce_deltas=settings.coalesce_tokens,
+            first_batch_hold=settings.first_batch_hold_ms / 1000,
         )
         self._activation: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -65,15 +66,18 @@ class ConversationActor:
             raise
         self._reaper = asyncio.create_task(self._reap())
 
-    async def send(self, request: TurnRequest) -> AsyncIterator[list[RunEvent]]:
+    @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
+    async def send(self, request: TurnRequest) -> AsyncIterator[bytes]:
+        """The run's events, in batches encoded with ``encode_batch``."""
         runner = await self._ready()
         async for batch in runner.send(request):
-            yield batch
+            yield encode_batch(batch)
 
-    async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[RunEvent]]:
+    @ray.method(enable_task_events=False)
+    async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[bytes]:
         runner = await self._ready()
         async for batch in runner.follow(run_id, after):
-            yield batch
+            yield encode_batch(batch)
 
     async def active_run(self) -> str | None:
         return (await self._ready()).active_run_id

@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from runtime.events import RunEvent, decode_batch
 from runtime.settings import Settings
 
 from .conversation_actor import ActorPassivating, RemoteConversationActor
@@ -61,7 +62,7 @@ class Directory:
                 getattr(self._actor(conversation_id), method).options(num_returns="streaming").remote(*args)
             )
             try:
-                first = await (await generator.__anext__())
+                first = decode_batch(await (await generator.__anext__()))
             except StopAsyncIteration:
                 return Stream([], None)
             except Exception as exc:
@@ -103,22 +104,23 @@ class Directory:
 
 
 class Stream:
-    """A started streaming call: its first batch plus the rest, as an async iterator."""
+    """A started ``send`` or ``follow`` call: its first batch of events plus the rest."""
 
-    def __init__(self, first: Any, generator: Any) -> None:
+    def __init__(self, first: list[RunEvent], generator: Any) -> None:
         self.first = first
         self._generator = generator
         self._exhausted = generator is None
 
-    async def rest(self) -> AsyncIterator[Any]:
+    async def rest(self) -> AsyncIterator[list[RunEvent]]:
         if self._generator is None:
             return
         try:
             async for ref in self._generator:
                 try:
-                    yield await ref
+                    data = await ref
                 except Exception as exc:
                     raise _unwrap(exc) from None
+                yield decode_batch(data)
             self._exhausted = True
         finally:
             self.close()

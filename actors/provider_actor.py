@@ -46,9 +46,11 @@ class ProviderActor:
             credentials, settings.provider_max_retries, settings.provider_timeout_seconds
         )
 
+    @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
     async def complete(self, encoded: EncodedRequest) -> ModelResponse:
         return await self._registry.send(encoded)
 
+    @ray.method(enable_task_events=False)
     async def stream_batches(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
         interval = self._settings.coalesce_ms / 1000
         stream = self._registry.stream_encoded(encoded)

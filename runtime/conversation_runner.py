@@ -62,10 +62,12 @@ class ConversationRunner:
         keepalive_seconds: float = 20.0,
         coalesce_interval: float = 0.05,
         coalesce_deltas: int = 16,
+        first_batch_hold: float = 0.1,
     ) -> None:
         self.store = store
         self.conversation_id = conversation_id
         self.keepalive = keepalive_seconds
+        self.first_batch_hold = first_batch_hold
         self.loop = AgentLoop(provider, coalesce_interval, coalesce_deltas)
         self.state: ConversationState | None = None
         self.active: ActiveRun | None = None
@@ -122,7 +124,7 @@ class ConversationRunner:
             active.task.add_done_callback(functools.partial(self._on_task_done, active))
             if active.cancel_requested:
                 active.task.cancel()
-            async for batch in active.log.follow(0, self.keepalive):
+            async for batch in active.log.follow(0, self.keepalive, self.first_batch_hold):
                 yield batch
         finally:
             self.readers -= 1

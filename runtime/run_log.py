@@ -38,9 +38,17 @@ class RunLog:
     def read(self, after: int = 0) -> list[RunEvent]:
         return self._events[after:]
 
-    async def follow(self, after: int = 0, keepalive: float | None = None) -> AsyncIterator[list[RunEvent]]:
-        """Batches of events after ``after`` until ``Done``; a ``Ping`` each ``keepalive`` s of silence."""
+    async def follow(
+        self, after: int = 0, keepalive: float | None = None, hold_first: float = 0.0
+    ) -> AsyncIterator[list[RunEvent]]:
+        """Batches of events after ``after`` until ``Done``; a ``Ping`` each ``keepalive`` s of silence.
+
+        With ``hold_first``, the first batch waits up to that long for more than the run's opening
+        event: a quick run then crosses to the reader as one batch instead of two.
+        """
         position = max(after, 0)
+        if hold_first > 0:
+            await self._wait_for_more_than(position + 1, hold_first)
         while True:
             if position < len(self._events):
                 batch = self._events[position:]
@@ -56,3 +64,15 @@ class RunLog:
                 await asyncio.wait_for(grown.wait(), keepalive)
             except TimeoutError:
                 yield [Ping(run_id=self.run_id, seq=position)]
+
+    async def _wait_for_more_than(self, count: int, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while len(self._events) <= count and not self.finished:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._grown.wait(), remaining)
+            except TimeoutError:
+                return

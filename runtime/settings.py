@@ -48,6 +48,9 @@ class Settings(BaseModel):
     provider_timeout_seconds: float = 300.0
     coalesce_ms: float = 50.0
     coalesce_tokens: int = 16
+    # A send's first batch waits this long for more than its opening ping, so that a quick turn
+    # crosses from its actor in one piece; later events are never held.
+    first_batch_hold_ms: float = 100.0
     ray_address: str | None = None  # join an existing cluster instead of starting one
     ray_num_cpus: int | None = None
     ray_object_store_mb: int = 128

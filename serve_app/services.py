@@ -31,8 +31,11 @@ def install(services: Services) -> None:
     _current = services
 
 
-def get_services() -> Services:
-    """FastAPI dependency; the replica installs its services when it starts."""
+async def get_services() -> Services:
+    """FastAPI dependency; the replica installs its services when it starts.
+
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a thread
+    hop on every request."""
     if _current is None:
         raise RuntimeError("Parley services are not started in this process")
     return _current

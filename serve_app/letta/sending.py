@@ -41,7 +41,8 @@ def turn_request(body: SendMessages, run_type: str) -> TurnRequest:
 def sse_response(
     stream: Stream, renderer: render.StreamRenderer, heartbeat: float
 ) -> sse.EventStreamResponse:
-    return sse.EventStreamResponse(sse.with_heartbeat(_sse_body(stream, renderer), heartbeat))
+    body = _sse_body(stream, renderer)
+    return sse.EventStreamResponse(sse.with_heartbeat(body, heartbeat) if heartbeat > 0 else body)
 
 
 async def _sse_body(stream: Stream, renderer: render.StreamRenderer) -> AsyncIterator[bytes]:
