@@ -12,6 +12,7 @@ arrives here wrapped in ``RayTaskError`` and leaves as the original exception.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,16 +26,19 @@ from .conversation_actor import ActorPassivating, RemoteConversationActor
 
 ATTEMPTS = 40  # an actor that is passivating frees its name within a few hundred ms
 RETRY_DELAY = 0.05
+CACHED_HANDLES = 10_000  # most recently used conversations whose actor handle this replica keeps
 
 
 class Directory:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._handles: dict[str, ray.actor.ActorHandle] = {}
+        self._handles: OrderedDict[str, ray.actor.ActorHandle] = OrderedDict()
 
     def _actor(self, conversation_id: str) -> ray.actor.ActorHandle:
         handle = self._handles.get(conversation_id)
-        if handle is None:
+        if handle is not None:
+            self._handles.move_to_end(conversation_id)
+        else:
             handle = RemoteConversationActor.options(
                 name=conversation_id,
                 namespace=self._settings.namespace,
@@ -42,6 +46,8 @@ class Directory:
                 lifetime="detached",
             ).remote(conversation_id, self._settings)
             self._handles[conversation_id] = handle
+            if len(self._handles) > CACHED_HANDLES:
+                self._handles.popitem(last=False)
         return handle
 
     def live(self, conversation_id: str) -> ray.actor.ActorHandle | None:
