@@ -46,8 +46,8 @@ def configure_serve_environment() -> None:
 
     Any of these already set in the environment wins.
 
-    HAProxy's stats and metrics ports and its files default to fixed, machine-wide places
-    (8404, 9101, /tmp/haproxy-serve); each Parley gets its own so that two can share a machine.
+    HAProxy's and Serve's ports and files default to fixed, machine-wide places (8404, 9101,
+    8500, 30000+, /tmp/haproxy-serve); each Parley gets its own so that two can share a machine.
     """
     for name, value in CONTROLLER_LOOP.items():
         os.environ.setdefault(name, value)
@@ -55,8 +55,20 @@ def configure_serve_environment() -> None:
         return
     for name, value in THROUGHPUT_MODE.items():
         os.environ.setdefault(name, value)
-    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+    # Serve's own ports default to fixed numbers too; a second instance on the machine would
+    # send its requests to the first one's fallback proxy (8500) until HAProxy learns of its replica.
+    for name in (
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+    ):
+        os.environ.setdefault(name, str(_free_port()))
+    for protocol in ("HTTP", "GRPC"):
+        # Replica ports come from a range; give each instance its own instead of 30000+/40000+.
+        low = _free_port()
+        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT", str(low))
+        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT", str(low + 100))
     if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" not in os.environ:
         # Short on purpose: Serve nests a 56-character node id under it, and a unix socket path
         # must stay under ~100 characters.
@@ -82,6 +94,9 @@ def init_ray(settings: Settings) -> None:
         return
     node_ip = os.environ.get("PARLEY_RAY_NODE_IP") or (LOOPBACK_NODE_IP if sys.platform == "linux" else None)
     ray.init(
+        # "local": always a new Ray of our own. Without it ray.init() joins any Ray it finds
+        # running on the machine (another Parley, a test server), provider actors and all.
+        address="local",
         num_cpus=settings.ray_num_cpus,
         include_dashboard=False,
         object_store_memory=settings.ray_object_store_mb * 1024 * 1024,

@@ -6,18 +6,23 @@ function serves both; it is handed the SDK module whose classes to test against.
 
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 
 from .base import ProviderError, ProviderErrorKind
+
+log = logging.getLogger(__name__)
 
 _CONTEXT_HINTS = ("context_length_exceeded", "maximum context length", "prompt is too long", "context window")
 
 
 def provider_error_from(exc: BaseException, sdk: ModuleType, provider: str) -> ProviderError:
+    # The SDK's own message; the cause (a transport error) goes to the server log, never to clients.
+    log.warning("%s call failed: %s: %s (cause: %r)", provider, type(exc).__name__, exc, exc.__cause__)
     if isinstance(exc, sdk.APITimeoutError):
-        return ProviderError(f"{provider} request timed out", "timeout")
+        return ProviderError(f"{provider} request timed out{_cause(exc)}", "timeout")
     if isinstance(exc, sdk.APIConnectionError):
-        return ProviderError(f"{provider} connection failed: {exc}", "connection")
+        return ProviderError(f"{provider} connection failed{_cause(exc)}", "connection")
     if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
         detail = _detail(exc)
@@ -50,3 +55,11 @@ def _detail(exc: BaseException) -> str:
             if text:
                 return text
     return getattr(exc, "message", None) or str(exc)
+
+
+def _cause(exc: BaseException) -> str:
+    """The transport error under an SDK connection error, e.g. ``: ConnectError: refused``."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and (cause.__cause__ or cause.__context__) is not None and not str(cause):
+        cause = cause.__cause__ or cause.__context__
+    return f" ({type(cause).__name__}: {cause})" if cause is not None else ""

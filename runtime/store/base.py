@@ -92,11 +92,13 @@ class Store(abc.ABC):
         """Messages in the order of ``message_ids``; missing ids are skipped."""
 
     @abc.abstractmethod
-    async def list_messages(
-        self, conversation_id: str, page: Page, agent_id: str | None = None
-    ) -> list[Message]:
+    async def list_messages(self, conversation_id: str, page: Page) -> list[Message]:
         """Messages of a conversation; cursors are absolute (``after`` = newer than, ``before`` =
         older than the cursor message), ``order`` picks newest-first or oldest-first."""
+
+    @abc.abstractmethod
+    async def list_run_messages(self, run_id: str, page: Page) -> list[Message]:
+        """Messages a run stored (its input included), with the cursors of ``list_messages``."""
 
     # --- runs --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -112,10 +114,13 @@ class Store(abc.ABC):
     async def list_runs(
         self,
         page: Page,
-        agent_id: str | None = None,
+        agent_ids: Sequence[str] = (),
         conversation_id: str | None = None,
         statuses: Sequence[str] = (),
-    ) -> list[Run]: ...
+        background: bool | None = None,
+        stop_reason: str | None = None,
+    ) -> list[Run]:
+        """Runs matching every filter given; cursors are relative to the order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -266,11 +266,15 @@ class SqliteStore(Store):
         }
         return [found[i] for i in message_ids if i in found]
 
-    async def list_messages(
-        self, conversation_id: str, page: Page, agent_id: str | None = None
-    ) -> list[Message]:
-        where = ["conversation_id = ?"]
-        args: list[object] = [conversation_id]
+    async def list_messages(self, conversation_id: str, page: Page) -> list[Message]:
+        return self._message_page("conversation_id", conversation_id, page)
+
+    async def list_run_messages(self, run_id: str, page: Page) -> list[Message]:
+        return self._message_page("run_id", run_id, page)
+
+    def _message_page(self, column: str, value: str, page: Page) -> list[Message]:
+        where = [f"{column} = ?"]
+        args: list[object] = [value]
         # Absolute cursors: after = newer than, before = older than, whatever the order.
         after_pos = self._pos("messages", page.after)
         before_pos = self._pos("messages", page.before)
@@ -313,21 +317,29 @@ class SqliteStore(Store):
     async def list_runs(
         self,
         page: Page,
-        agent_id: str | None = None,
+        agent_ids: Sequence[str] = (),
         conversation_id: str | None = None,
         statuses: Sequence[str] = (),
+        background: bool | None = None,
+        stop_reason: str | None = None,
     ) -> list[Run]:
         where: list[str] = []
         args: list[object] = []
-        if agent_id is not None:
-            where.append("agent_id = ?")
-            args.append(agent_id)
+        if agent_ids:
+            where.append(f"agent_id IN ({','.join('?' * len(agent_ids))})")
+            args += list(agent_ids)
         if conversation_id is not None:
             where.append("conversation_id = ?")
             args.append(conversation_id)
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += list(statuses)
+        if background is not None:
+            where.append("json_extract(data, '$.background') = ?")
+            args.append(1 if background else 0)
+        if stop_reason is not None:
+            where.append("json_extract(data, '$.stop_reason') = ?")
+            args.append(stop_reason)
         sql, args, reverse = self._relative_page("runs", "data", where, args, page)
         found = self._many(Run, sql, args)
         return found[::-1] if reverse else found

@@ -31,6 +31,13 @@ _ADJECTIVES = ("amber", "brisk", "calm", "deft", "eager", "fond", "keen", "lucid
 _NOUNS = ("otter", "heron", "lynx", "finch", "marten", "ibis", "puffin", "wren", "stoat", "koi")
 
 
+def _describe(field: str, exc: ValidationError) -> str:
+    return "; ".join(
+        ".".join([field, *(str(part) for part in error["loc"])]) + f": {error['msg']}"
+        for error in exc.errors()
+    )
+
+
 def _random_name() -> str:
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.token_hex(2)}"
 
@@ -42,9 +49,7 @@ def _llm_config(
         try:
             config = LLMConfig.model_validate(field_config)
         except ValidationError as exc:
-            raise ValidationFailed(
-                f"llm_config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
-            ) from None
+            raise ValidationFailed(_describe("llm_config", exc)) from None
         if window:
             config.context_window = min(config.context_window, window)
         if max_tokens:
@@ -60,9 +65,7 @@ def _embedding_config(field_config: dict[str, Any] | None, handle: str | None) -
         try:
             return EmbeddingConfig.model_validate(field_config)
         except ValidationError as exc:
-            raise ValidationFailed(
-                f"embedding_config: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
-            ) from None
+            raise ValidationFailed(_describe("embedding_config", exc)) from None
     return embedding_config_for(handle) if handle else None
 
 

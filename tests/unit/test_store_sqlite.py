@@ -475,10 +475,10 @@ def test_list_runs_filters(store: SqliteStore) -> None:
         run(store.create_run(r))
 
     assert ids_of(run(store.list_runs(Page()))) == [r4.id, r3.id, r2.id, r1.id]
-    assert ids_of(run(store.list_runs(Page(order="asc"), agent_id=a.id))) == [r1.id, r2.id, r4.id]
+    assert ids_of(run(store.list_runs(Page(order="asc"), agent_ids=[a.id]))) == [r1.id, r2.id, r4.id]
     assert ids_of(run(store.list_runs(Page(), conversation_id=cb.id))) == [r3.id]
     assert ids_of(run(store.list_runs(Page(), statuses=["running"]))) == [r3.id, r1.id]
-    running_or_failed = run(store.list_runs(Page(), agent_id=a.id, statuses=["running", "failed"]))
+    running_or_failed = run(store.list_runs(Page(), agent_ids=[a.id], statuses=["running", "failed"]))
     assert ids_of(running_or_failed) == [r4.id, r1.id]
 
     # The status column follows updates.
