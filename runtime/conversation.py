@@ -1,4 +1,8 @@
-"""A conversation: one thread of messages with one agent, served by one ConversationActor."""
+"""A conversation: one thread of messages with one agent, served by one ConversationActor.
+
+Every agent also has a *default* conversation (Letta's agent-level messages): a conversation row
+whose id is the agent's own id, created the first time it is used and never listed.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +33,11 @@ class Conversation(BaseModel):
     last_message_at: datetime | None = None
     # Ids of the messages the model sees, in order: system first. Empty until the first send.
     in_context_message_ids: list[str] = Field(default_factory=list)
+
+    @property
+    def is_default(self) -> bool:
+        return self.id == self.agent_id
+
+    @classmethod
+    def default_for(cls, agent_id: str) -> Conversation:
+        return cls(id=agent_id, agent_id=agent_id)

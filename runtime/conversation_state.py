@@ -47,9 +47,8 @@ class ConversationState:
     async def refresh_system_message(self, agent: Agent, blocks: Sequence[Block]) -> None:
         """Create the conversation's system message on its first turn; recompile it when memory changed."""
         now = utcnow()
-        prompt = compile_system_prompt(
-            agent, blocks, self.conversation.id, max(len(self.context) - 1, 0), now
-        )
+        conversation_id = None if self.conversation.is_default else self.conversation.id
+        prompt = compile_system_prompt(agent, blocks, conversation_id, max(len(self.context) - 1, 0), now)
         if not self.context:
             system = Message(
                 role="system",

@@ -57,13 +57,15 @@ class Store(abc.ABC):
 
     # --- conversations -----------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_conversation(self, conversation: Conversation) -> None: ...
+    async def create_conversation(self, conversation: Conversation) -> bool:
+        """Store a new conversation; False (and nothing written) if its id is taken."""
 
     @abc.abstractmethod
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
     @abc.abstractmethod
-    async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]: ...
+    async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]:
+        """Conversations (agents' default conversations are not listed)."""
 
     @abc.abstractmethod
     async def update_conversation(
@@ -95,6 +97,10 @@ class Store(abc.ABC):
     async def list_messages(self, conversation_id: str, page: Page) -> list[Message]:
         """Messages of a conversation; cursors are absolute (``after`` = newer than, ``before`` =
         older than the cursor message), ``order`` picks newest-first or oldest-first."""
+
+    @abc.abstractmethod
+    async def list_agent_messages(self, agent_id: str, page: Page) -> list[Message]:
+        """Every message of an agent, in all of its conversations, with the cursors of ``list_messages``."""
 
     @abc.abstractmethod
     async def list_run_messages(self, run_id: str, page: Page) -> list[Message]:

@@ -185,17 +185,18 @@ class SqliteStore(Store):
         return [found[i] for i in block_ids if i in found]
 
     # --- conversations -------------------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> None:
-        self._db.execute(
-            "INSERT INTO conversations (id, agent_id, data) VALUES (?, ?, ?)",
+    async def create_conversation(self, conversation: Conversation) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO conversations (id, agent_id, data) VALUES (?, ?, ?)",
             (conversation.id, conversation.agent_id, conversation.model_dump_json()),
         )
+        return cursor.rowcount == 1
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         return self._one(Conversation, "SELECT data FROM conversations WHERE id = ?", (conversation_id,))
 
     async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]:
-        where: list[str] = []
+        where: list[str] = ["id != agent_id"]  # not the agents' default conversations
         args: list[object] = []
         if agent_id is not None:
             where.append("agent_id = ?")
@@ -268,6 +269,9 @@ class SqliteStore(Store):
 
     async def list_messages(self, conversation_id: str, page: Page) -> list[Message]:
         return self._message_page("conversation_id", conversation_id, page)
+
+    async def list_agent_messages(self, agent_id: str, page: Page) -> list[Message]:
+        return self._message_page("agent_id", agent_id, page)
 
     async def list_run_messages(self, run_id: str, page: Page) -> list[Message]:
         return self._message_page("run_id", run_id, page)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from runtime import ids
 from runtime.clock import utcnow
 from runtime.conversation import Conversation
-from runtime.errors import Conflict, InvalidArgument, NotFound
+from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
 from runtime.handles import split_handle
 from runtime.store import Page
 from serve_app.routing import collection, require_id
@@ -20,7 +20,7 @@ from serve_app.sse import EventStreamResponse
 from . import render
 from .agents import load_agent
 from .schemas import CreateConversation, RetrieveStream, SendMessages, UpdateConversation
-from .sending import json_response, sse_response, turn_request
+from .sending import sse_response, start_send
 
 router = APIRouter()
 
@@ -31,6 +31,30 @@ async def load_conversation(services: Services, conversation_id: str) -> Convers
     if conversation is None:
         raise NotFound(f"Conversation {conversation_id} not found")
     return conversation
+
+
+async def default_conversation(services: Services, agent_id: str) -> Conversation:
+    """The agent's default conversation, created the first time it is addressed."""
+    agent, _ = await load_agent(services, agent_id)
+    conversation = await services.store.get_conversation(agent.id)
+    if conversation is None:
+        await services.store.create_conversation(Conversation.default_for(agent.id))  # a racing twin is fine
+        conversation = await services.store.get_conversation(agent.id)
+    if conversation is None:
+        raise NotFound(f"Agent with ID {agent_id} not found")
+    return conversation
+
+
+async def addressed(services: Services, conversation_id: str, agent_id: str | None) -> Conversation:
+    """What a conversation path names: a ``conv-…`` id, ``default`` with ``agent_id`` (agent-direct
+    mode) or, as Letta still accepts, an agent id standing for that agent's default conversation."""
+    if conversation_id == "default":
+        if not agent_id:
+            raise ValidationFailed("agent_id: required when conversation_id is 'default'")
+        return await default_conversation(services, agent_id)
+    if conversation_id.startswith(f"{ids.AGENT}-"):
+        return await default_conversation(services, conversation_id)
+    return await load_conversation(services, conversation_id)
 
 
 @collection(router, "POST", "/v1/conversations")
@@ -106,13 +130,11 @@ async def delete_conversation(conversation_id: str, services: ServicesDep) -> No
 async def send_message(
     conversation_id: str, body: SendMessages, services: ServicesDep
 ) -> EventStreamResponse | JSONResponse:
-    conversation = await load_conversation(services, conversation_id)
-    turn = turn_request(body, "send_conversation_message")
-    stream = await services.directory.open_stream(conversation.id, "send", turn)
-    if body.streaming is False:
-        return await json_response(stream, body.include_return_message_types)
-    renderer = render.StreamRenderer(body.include_pings, body.include_return_message_types)
-    return sse_response(stream, renderer, services.settings.heartbeat_seconds)
+    conversation = await addressed(services, conversation_id, body.agent_id)
+    # Streams unless told not to (the SDK always reads this route as a stream).
+    return await start_send(
+        services, conversation, body, "send_conversation_message", body.streaming is not False
+    )
 
 
 @router.get("/v1/conversations/{conversation_id}/messages")
@@ -124,8 +146,9 @@ async def list_messages(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     order: Literal["asc", "desc"] = "desc",
     include_return_message_types: Annotated[list[str] | None, Query()] = None,
+    agent_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    conversation = await load_conversation(services, conversation_id)
+    conversation = await addressed(services, conversation_id, agent_id)
     page = Page(limit=limit, order=order, after=after, before=before)
     messages = await services.store.list_messages(conversation.id, page)
     return render.expand(messages, include_return_message_types)
@@ -135,8 +158,8 @@ async def list_messages(
 async def resume_stream(
     conversation_id: str, services: ServicesDep, body: RetrieveStream | None = None
 ) -> EventStreamResponse:
-    conversation = await load_conversation(services, conversation_id)
     body = body or RetrieveStream()
+    conversation = await addressed(services, conversation_id, body.agent_id)
     if body.run_id is None and services.directory.live(conversation.id) is None:
         raise InvalidArgument("No active runs found for this conversation.")
     stream = await services.directory.open_stream(conversation.id, "follow", body.run_id, body.starting_after)
@@ -146,8 +169,8 @@ async def resume_stream(
 
 
 @router.post("/v1/conversations/{conversation_id}/cancel")
-async def cancel(conversation_id: str, services: ServicesDep) -> dict[str, str]:
-    conversation = await load_conversation(services, conversation_id)
+async def cancel(conversation_id: str, services: ServicesDep, agent_id: str | None = None) -> dict[str, str]:
+    conversation = await addressed(services, conversation_id, agent_id)
     cancelled = await services.directory.call(conversation.id, "cancel", None, activate=False)
     if not cancelled:
         raise Conflict(f"No active runs to cancel for conversation {conversation.id}")

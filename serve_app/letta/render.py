@@ -127,7 +127,8 @@ def run(r: Run) -> dict[str, Any]:
     return {
         "id": r.id,
         "agent_id": r.agent_id,
-        "conversation_id": r.conversation_id,
+        # Runs of an agent's default conversation belong to no conversation, as Letta shows them.
+        "conversation_id": None if r.conversation_id == r.agent_id else r.conversation_id,
         "status": r.status.value,
         "stop_reason": r.stop_reason.value if r.stop_reason else None,
         "background": r.background,

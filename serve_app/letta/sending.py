@@ -9,14 +9,32 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from actors.directory import Stream
+from runtime.conversation import Conversation
+from runtime.errors import ValidationFailed
 from runtime.events import MessageDone, RunEvent, Stopped
 from runtime.turn import InputMessage, TurnRequest
 from serve_app import sse
+from serve_app.services import Services
+from serve_app.sse import EventStreamResponse
 
 from . import render
 from .schemas import SendMessages
 
 log = logging.getLogger(__name__)
+
+
+async def start_send(
+    services: Services, conversation: Conversation, body: SendMessages, run_type: str, streaming: bool
+) -> EventStreamResponse | JSONResponse:
+    """Start a run on the conversation's actor; answer as SSE or, when not streaming, as one
+    ``LettaResponse``. A busy conversation raises ``ConversationBusy`` here, before any byte."""
+    if not streaming and (body.stream_tokens or body.background):
+        raise ValidationFailed("stream_tokens / background: only with streaming=true")
+    stream = await services.directory.open_stream(conversation.id, "send", turn_request(body, run_type))
+    if not streaming:
+        return await json_response(stream, body.include_return_message_types)
+    renderer = render.StreamRenderer(body.include_pings, body.include_return_message_types)
+    return sse_response(stream, renderer, services.settings.heartbeat_seconds)
 
 
 def turn_request(body: SendMessages, run_type: str) -> TurnRequest:

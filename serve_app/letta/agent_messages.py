@@ -1,0 +1,68 @@
+"""``/v1/agents/{agent_id}/messages``: sends to an agent's default conversation, and the agent's history."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from runtime.errors import NotFound
+from runtime.store import Page
+from serve_app.services import ServicesDep
+from serve_app.sse import EventStreamResponse
+
+from . import render
+from .agents import load_agent
+from .conversations import addressed, default_conversation
+from .schemas import SendMessages
+from .sending import start_send
+
+router = APIRouter()
+
+
+@router.post("/v1/agents/{agent_id}/messages", response_model=None)
+async def send(
+    agent_id: str, body: SendMessages, services: ServicesDep
+) -> EventStreamResponse | JSONResponse:
+    """One JSON ``LettaResponse`` by default; SSE with ``streaming: true``."""
+    conversation = await default_conversation(services, agent_id)
+    return await start_send(services, conversation, body, "send_message", bool(body.streaming))
+
+
+@router.post("/v1/agents/{agent_id}/messages/stream", response_model=None)
+async def send_streaming(
+    agent_id: str, body: SendMessages, services: ServicesDep
+) -> EventStreamResponse | JSONResponse:
+    conversation = await default_conversation(services, agent_id)
+    return await start_send(services, conversation, body, "send_message", True)
+
+
+@router.get("/v1/agents/{agent_id}/messages")
+async def list_messages(
+    agent_id: str,
+    services: ServicesDep,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    order: Literal["asc", "desc"] = "desc",
+    conversation_id: str | None = None,
+    include_return_message_types: Annotated[list[str] | None, Query()] = None,
+) -> list[dict[str, Any]]:
+    """Letta's agent history: ``order`` picks the newest or the oldest ``limit`` messages (cursors
+    are absolute: ``after`` = newer than), and the answer is always oldest first."""
+    agent, _ = await load_agent(services, agent_id)
+    for name, cursor in (("after", after), ("before", before)):
+        if cursor is not None and not await services.store.get_messages([cursor]):
+            raise NotFound(f"{name}: message {cursor} not found")
+    page = Page(limit=limit, order=order, after=after, before=before)
+    if conversation_id is None:
+        messages = await services.store.list_agent_messages(agent.id, page)
+    else:
+        conversation = await addressed(services, conversation_id, agent.id)
+        if conversation.agent_id != agent.id:
+            raise NotFound(f"Conversation {conversation_id} of agent {agent.id} not found")
+        messages = await services.store.list_messages(conversation.id, page)
+    if order == "desc":
+        messages.reverse()
+    return render.expand(messages, include_return_message_types)
