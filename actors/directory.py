@@ -135,7 +135,9 @@ class Stream:
         """Stop the remote generator if the reader leaves before its end (a client disconnect)."""
         if not self._exhausted and self._generator is not None:
             self._exhausted = True
-            ray.cancel(self._generator)
+            # Not recursive: Ray counts the provider calls a run makes as children of the call
+            # that started it, and a background run must outlive its first reader.
+            ray.cancel(self._generator, recursive=False)
 
 
 def _stale(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from runtime.errors import NotFound
+from runtime.events import RunStarted
 from runtime.store import Page
 from serve_app.services import ServicesDep
 from serve_app.sse import EventStreamResponse
@@ -15,8 +16,9 @@ from serve_app.sse import EventStreamResponse
 from . import render
 from .agents import load_agent
 from .conversations import addressed, default_conversation
-from .schemas import SendMessages
-from .sending import start_send
+from .runs import cancel_runs, load_run
+from .schemas import CancelRuns, SendMessages
+from .sending import start_send, turn_request
 
 router = APIRouter()
 
@@ -66,3 +68,31 @@ async def list_messages(
     if order == "desc":
         messages.reverse()
     return render.expand(messages, include_return_message_types)
+
+
+@router.post("/v1/agents/{agent_id}/messages/async")
+async def send_async(agent_id: str, body: SendMessages, services: ServicesDep) -> dict[str, Any]:
+    """Start a background run and answer with it at once; poll ``GET /v1/runs/{id}`` for its end."""
+    conversation = await default_conversation(services, agent_id)
+    turn = turn_request(body.model_copy(update={"background": True}), "send_message_async")
+    stream = await services.directory.open_stream(conversation.id, "send", turn)
+    stream.close()  # a background run outlives its first reader
+    run_id = next(e.run_id for e in stream.first if isinstance(e, RunStarted))
+    run = await services.store.get_run(run_id)
+    if run is None:
+        raise NotFound(f"Run {run_id} not found")
+    return render.run(run)
+
+
+@router.post("/v1/agents/{agent_id}/messages/cancel")
+async def cancel(agent_id: str, services: ServicesDep, body: CancelRuns | None = None) -> dict[str, str]:
+    """Cancel the given runs of the agent, or every active one."""
+    agent, _ = await load_agent(services, agent_id)
+    if body is not None and body.run_ids:
+        runs = [await load_run(services, run_id) for run_id in body.run_ids]
+        runs = [r for r in runs if r.agent_id == agent.id]
+    else:
+        runs = await services.store.list_runs(
+            Page(limit=1000), agent_ids=[agent.id], statuses=("created", "running")
+        )
+    return await cancel_runs(services, runs)

@@ -7,13 +7,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from runtime import ids
-from runtime.errors import InvalidArgument, NotFound, ValidationFailed
+from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
 from runtime.run import Run, RunStatus
 from runtime.store import Page
 from serve_app.routing import collection, require_id
 from serve_app.services import Services, ServicesDep
+from serve_app.sse import EventStreamResponse
 
 from . import render
+from .schemas import RetrieveStream
+from .sending import sse_response
 
 router = APIRouter()
 
@@ -89,3 +92,33 @@ async def list_run_messages(
         return render.expand(messages, include)
     # Newest first means everything reversed, the Letta messages of one stored message included.
     return [m for message in messages for m in reversed(render.expand([message], include))]
+
+
+@router.post("/v1/runs/{run_id}/stream", response_model=None)
+async def stream_run(
+    run_id: str, services: ServicesDep, body: RetrieveStream | None = None
+) -> EventStreamResponse:
+    """Replay a background run's events after ``starting_after``, then follow it live to its end."""
+    run = await load_run(services, run_id)
+    body = body or RetrieveStream()
+    if not run.background:
+        raise InvalidArgument("Run was not created in background mode, so it cannot be retrieved.")
+    if run.conversation_id is None:
+        raise NotFound(f"Run {run_id} has no stream")
+    stream = await services.directory.open_stream(run.conversation_id, "follow", run.id, body.starting_after)
+    return sse_response(
+        stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
+    )
+
+
+async def cancel_runs(services: Services, runs: list[Run]) -> dict[str, str]:
+    """Cancel each run on its conversation's actor; a 409 when none of them was active."""
+    cancelled: dict[str, str] = {}
+    for run in runs:
+        if run.conversation_id is None or run.status.terminal:
+            continue
+        done = await services.directory.call(run.conversation_id, "cancel", run.id, activate=False)
+        cancelled.update(dict.fromkeys(done or [], "cancelled"))
+    if not cancelled:
+        raise Conflict("No active runs to cancel")
+    return cancelled

@@ -101,6 +101,7 @@ class SendMessages(_Body):
     assistant_message_tool_name: str | None = None
     assistant_message_tool_kwarg: str | None = None
     agent_id: str | None = None
+    callback_url: str | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> SendMessages:
@@ -144,3 +145,7 @@ class UpdateConversation(_Body):
     model_settings: dict[str, Any] | None = None
     context_window_limit: int | None = Field(default=None, gt=0)
     archived: bool | None = None
+
+
+class CancelRuns(_Body):
+    run_ids: list[str] | None = None

@@ -31,21 +31,34 @@ def test_default_conversation_remembers_and_is_not_listed(client, agent):
     assert client.conversations.list(agent_id=agent.id) == []
     # A named conversation does not see the default conversation's history.
     named = client.conversations.create(agent_id=agent.id)
-    chunks = list(client.conversations.messages.create(named.id, input="What word did I ask you to remember?"))
+    chunks = list(
+        client.conversations.messages.create(named.id, input="What word did I ask you to remember?")
+    )
     assert "PLUM" not in assistant_text(chunks)
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # agents.messages.stream
 def test_stream_and_streaming_flag(client, agent):
-    chunks = list(client.agents.messages.stream(agent.id, messages=[{"role": "user", "content": "say streamed"}]))
-    assert [c.message_type for c in chunks] == ["ping", "assistant_message", "stop_reason", "usage_statistics"]
+    chunks = list(
+        client.agents.messages.stream(agent.id, messages=[{"role": "user", "content": "say streamed"}])
+    )
+    assert [c.message_type for c in chunks] == [
+        "ping",
+        "assistant_message",
+        "stop_reason",
+        "usage_statistics",
+    ]
     assert assistant_text(chunks) == "streamed"
     chunks = list(
-        client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "say flag"}], streaming=True)
+        client.agents.messages.create(
+            agent.id, messages=[{"role": "user", "content": "say flag"}], streaming=True
+        )
     )
     assert assistant_text(chunks) == "flag"
     with pytest.raises(UnprocessableEntityError, match="streaming"):
-        client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "x"}], stream_tokens=True)
+        client.agents.messages.create(
+            agent.id, messages=[{"role": "user", "content": "x"}], stream_tokens=True
+        )
 
 
 def test_agent_direct_mode_shares_the_default_conversation(client, agent):
@@ -65,13 +78,18 @@ def test_agent_messages_list_is_chronological(client, agent):
     for i in range(3):
         _say(client, agent.id, f"echo turn {i}")
     everything = client.agents.messages.list(agent.id, limit=100).items
-    assert [m.message_type for m in everything] == ["system_message"] + ["user_message", "assistant_message"] * 3
+    assert [m.message_type for m in everything] == ["system_message"] + [
+        "user_message",
+        "assistant_message",
+    ] * 3
     newest = client.agents.messages.list(agent.id, limit=1).items
     assert [m.content for m in newest] == ["turn 2"]
     oldest = client.agents.messages.list(agent.id, limit=1, order="asc").items
     assert [m.message_type for m in oldest] == ["system_message"]
     # After a message: the following turn, starting with its user message.
-    after_first_reply = client.agents.messages.list(agent.id, after=everything[2].id, limit=2, order="asc").items
+    after_first_reply = client.agents.messages.list(
+        agent.id, after=everything[2].id, limit=2, order="asc"
+    ).items
     assert [m.content for m in after_first_reply] == ["echo turn 1", "turn 1"]
     with pytest.raises(NotFoundError):
         client.agents.messages.list(agent.id, after="message-00000000-0000-4000-8000-000000000000")

@@ -41,7 +41,9 @@ def test_list_runs_by_conversation_and_status(client, agent, conversation):
     assert failed.status == "failed" and failed.stop_reason == "error"
     assert "maximum context length" in failed.metadata["error"]["message"]
     assert listed[1].id == first
-    assert [r.id for r in client.runs.list(conversation_id=conversation.id, statuses=["completed"]).items] == [first]
+    assert [
+        r.id for r in client.runs.list(conversation_id=conversation.id, statuses=["completed"]).items
+    ] == [first]
     assert first in [r.id for r in client.runs.list(agent_id=agent.id).items]
     assert client.runs.list(conversation_id=conversation.id, active=True).items == []
 
