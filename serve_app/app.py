@@ -9,7 +9,7 @@ from runtime import __version__
 from runtime.settings import Settings
 
 from . import errors, health, services
-from .letta import agent_messages, agents, conversations, runs
+from .letta import agent_messages, agents, blocks, conversations, runs
 
 MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5 would queue them
 
@@ -20,6 +20,7 @@ def build_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(agents.router)
     app.include_router(agent_messages.router)
+    app.include_router(blocks.router)
     app.include_router(conversations.router)
     app.include_router(runs.router)
     return app

@@ -52,6 +52,10 @@ class Store(abc.ABC):
         """Delete the agent with its blocks, conversations, messages and runs."""
 
     @abc.abstractmethod
+    async def update_block(self, block_id: str, fields: Mapping[str, Any]) -> Block | None:
+        """Set ``fields`` on a block atomically (two conversations editing one block lose nothing)."""
+
+    @abc.abstractmethod
     async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
         """Blocks in the order of ``block_ids``; missing ids are skipped."""
 

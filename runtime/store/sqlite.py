@@ -174,6 +174,16 @@ class SqliteStore(Store):
             db.execute("DELETE FROM blocks WHERE owner_agent_id = ?", (agent_id,))
         return gone > 0
 
+    async def update_block(self, block_id: str, fields: Mapping[str, Any]) -> Block | None:
+        with self._tx() as db:
+            row = db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
+            if row is None:
+                return None
+            current = Block.model_validate_json(row[0])
+            updated = Block.model_validate({**current.model_dump(), **fields})
+            db.execute("UPDATE blocks SET data = ? WHERE id = ?", (updated.model_dump_json(), block_id))
+            return updated
+
     async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
         if not block_ids:
             return []

@@ -149,3 +149,14 @@ class UpdateConversation(_Body):
 
 class CancelRuns(_Body):
     run_ids: list[str] | None = None
+
+
+class UpdateBlock(_Body):
+    value: str | None = None
+    label: str | None = Field(default=None, min_length=1)
+    limit: int | None = Field(default=None, gt=0)
+    description: str | None = None
+    read_only: bool | None = None
+    metadata: dict[str, Any] | None = None
+    hidden: bool | None = None
+    tags: list[str] | None = None

@@ -573,3 +573,13 @@ def test_two_processes_append_concurrently(
     for tag in tags:
         texts = [m.text() for m in stored if m.text().startswith(f"{tag}-")]
         assert texts == [f"{tag}-{i}" for i in range(PER_PROCESS)]
+
+
+def test_update_block_sets_only_named_fields(store: SqliteStore) -> None:
+    block = Block(label="human", value="original")
+    agent = make_agent("with-block", None).model_copy(update={"block_ids": [block.id]})
+    run(store.create_agent(agent, [block]))
+    updated = run(store.update_block(block.id, {"value": "changed"}))
+    assert updated is not None and updated.value == "changed" and updated.label == block.label
+    assert run(store.get_blocks([block.id]))[0].value == "changed"
+    assert run(store.update_block("block-missing", {"value": "x"})) is None
