@@ -8,18 +8,6 @@ from dataclasses import dataclass
 import psutil
 
 
-def tree_cpu_seconds(processes: list[psutil.Process]) -> float:
-    """User + system CPU of the given live processes (the caller passes the current tree)."""
-    total = 0.0
-    for proc in processes:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
 class TreeCpu:
     """CPU used by a process tree between two points, counting processes that started or exited
     in between (an exited process's last reading is kept)."""

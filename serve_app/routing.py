@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from runtime import ids
-from runtime.errors import ValidationFailed
+from runtime.errors import NotFound, ValidationFailed
+from runtime.store import Store
 
 
 def collection(router: APIRouter, method: str, path: str, **kwargs: Any) -> Callable[[Callable], Callable]:
@@ -27,3 +28,10 @@ def require_id(prefix: str, value: str, field: str) -> str:
     if not ids.is_valid(prefix, value):
         raise ValidationFailed(f"{field}: {value!r} is not a valid id; expected '{prefix}-<uuid4>'")
     return value
+
+
+async def require_cursors(store: Store, after: str | None, before: str | None) -> None:
+    """Message cursors must name stored messages (404 otherwise), as on Letta's agent and run lists."""
+    for name, cursor in (("after", after), ("before", before)):
+        if cursor is not None and not await store.get_messages([cursor]):
+            raise NotFound(f"{name}: message {cursor} not found")

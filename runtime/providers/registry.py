@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..settings import ProviderCredentials
-from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError
+from .base import EncodedRequest, ModelDelta, ModelResponse, ProviderError
 
 KNOWN_PROVIDERS = ("openai", "anthropic")
 
 
 class ProviderRegistry:
-    """A ``Provider`` that dispatches on ``request.provider``; adapters are built on first use."""
+    """Sends encoded requests to the adapter of their provider; adapters are built on first use."""
 
     def __init__(
         self, credentials: ProviderCredentials, max_retries: int = 2, timeout: float = 300.0
@@ -44,12 +44,6 @@ class ProviderRegistry:
                 creds.anthropic_api_key, creds.anthropic_base_url, self._max_retries, self._timeout
             )
         raise ProviderError(f"unknown provider {provider!r}", "not_found")
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        return await self.adapter(request.provider).complete(request)
-
-    def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
-        return self.adapter(request.provider).stream(request)
 
     async def send(self, encoded: EncodedRequest) -> ModelResponse:
         return await self.adapter(encoded.provider).send(encoded)

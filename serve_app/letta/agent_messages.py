@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from runtime.errors import NotFound
 from runtime.events import RunStarted
 from runtime.store import Page
+from serve_app.routing import require_cursors
 from serve_app.services import ServicesDep
 from serve_app.sse import EventStreamResponse
 
@@ -54,9 +55,7 @@ async def list_messages(
     """Letta's agent history: ``order`` picks the newest or the oldest ``limit`` messages (cursors
     are absolute: ``after`` = newer than), and the answer is always oldest first."""
     agent, _ = await load_agent(services, agent_id)
-    for name, cursor in (("after", after), ("before", before)):
-        if cursor is not None and not await services.store.get_messages([cursor]):
-            raise NotFound(f"{name}: message {cursor} not found")
+    await require_cursors(services.store, after, before)
     page = Page(limit=limit, order=order, after=after, before=before)
     if conversation_id is None:
         messages = await services.store.list_agent_messages(agent.id, page)

@@ -10,7 +10,7 @@ from runtime import ids
 from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
 from runtime.run import Run, RunStatus
 from runtime.store import Page
-from serve_app.routing import collection, require_id
+from serve_app.routing import collection, require_cursors, require_id
 from serve_app.services import Services, ServicesDep
 from serve_app.sse import EventStreamResponse
 
@@ -81,9 +81,7 @@ async def list_run_messages(
     order: Literal["asc", "desc"] = "asc",
 ) -> list[dict[str, Any]]:
     run = await load_run(services, run_id)
-    for name, cursor in (("after", after), ("before", before)):
-        if cursor is not None and not await services.store.get_messages([cursor]):
-            raise NotFound(f"{name}: message {cursor} not found")
+    await require_cursors(services.store, after, before)
     messages = await services.store.list_run_messages(
         run.id, Page(limit=limit, order=order, after=after, before=before)
     )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
+
+from letta_client import ConflictError
 
 
 def send(client, conversation_id: str, text: str, **kwargs: Any) -> list[Any]:
@@ -20,3 +24,24 @@ def of_type(chunks: list[Any], message_type: str) -> list[Any]:
 
 def assistant_text(chunks: list[Any]) -> str:
     return "".join(c.content for c in of_type(chunks, "assistant_message"))
+
+
+def race_two(send_once: Callable[[], object]) -> list[str]:
+    """Start two identical sends at the same instant; "ok" or "409" for each, sorted."""
+    results: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def racer() -> None:
+        barrier.wait()
+        try:
+            send_once()
+            results.append("ok")
+        except ConflictError:
+            results.append("409")
+
+    threads = [threading.Thread(target=racer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return sorted(results)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from letta_client import ConflictError, NotFoundError, UnprocessableEntityError
+from letta_client import NotFoundError, UnprocessableEntityError
 
-from .helpers import assistant_text
+from .helpers import assistant_text, race_two
 
 
 def _say(client, agent_id: str, text: str):
@@ -96,23 +94,7 @@ def test_agent_messages_list_is_chronological(client, agent):
 
 
 def test_overlapping_sends_to_the_default_conversation(client, agent):
-    results: list[str] = []
-    barrier = threading.Barrier(2)
-
-    def racer() -> None:
-        barrier.wait()
-        try:
-            _say(client, agent.id, "[[latency=0.5]] say raced")
-            results.append("ok")
-        except ConflictError:
-            results.append("409")
-
-    threads = [threading.Thread(target=racer) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert sorted(results) == ["409", "ok"]
+    assert race_two(lambda: _say(client, agent.id, "[[latency=0.5]] say raced")) == ["409", "ok"]
 
 
 def test_unknown_agent(client):

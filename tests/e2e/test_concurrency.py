@@ -9,7 +9,7 @@ import httpx
 import pytest
 from letta_client import APIStatusError, BadRequestError, ConflictError
 
-from .helpers import assistant_text, of_type, send
+from .helpers import assistant_text, of_type, race_two, send
 
 SLOW = "[[latency=2]] say slow reply"
 
@@ -56,23 +56,7 @@ def test_overlapping_send_gets_409_at_once(client, conversation, server):
 
 
 def test_exactly_one_of_two_racing_sends_succeeds(client, conversation):
-    results: list[str] = []
-    barrier = threading.Barrier(2)
-
-    def racer() -> None:
-        barrier.wait()
-        try:
-            send(client, conversation.id, "[[latency=0.5]] say raced")
-            results.append("ok")
-        except ConflictError:
-            results.append("409")
-
-    threads = [threading.Thread(target=racer) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert sorted(results) == ["409", "ok"]
+    assert race_two(lambda: send(client, conversation.id, "[[latency=0.5]] say raced")) == ["409", "ok"]
 
 
 def test_flag_is_released_before_done(client, conversation):
