@@ -44,6 +44,7 @@ class ConversationActor:
             coalesce_interval=settings.coalesce_ms / 1000,
             coalesce_deltas=settings.coalesce_tokens,
             first_batch_hold=settings.first_batch_hold_ms / 1000,
+            compatible_providers=settings.compatible_providers,
         )
         self._activation: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None

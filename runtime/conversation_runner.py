@@ -63,11 +63,13 @@ class ConversationRunner:
         coalesce_interval: float = 0.05,
         coalesce_deltas: int = 16,
         first_batch_hold: float = 0.1,
+        compatible_providers: dict[str, str] | None = None,
     ) -> None:
         self.store = store
         self.conversation_id = conversation_id
         self.keepalive = keepalive_seconds
         self.first_batch_hold = first_batch_hold
+        self.compatible_providers = compatible_providers or {}
         self.loop = AgentLoop(provider, coalesce_interval, coalesce_deltas)
         self.state: ConversationState | None = None
         self.active: ActiveRun | None = None
@@ -146,7 +148,9 @@ class ConversationRunner:
             overrides: dict[str, object] = {}
             if conversation.model:
                 overrides["llm_config"] = llm_config_for(
-                    conversation.model, conversation.context_window_limit
+                    conversation.model,
+                    conversation.context_window_limit,
+                    compatible=self.compatible_providers,
                 )
             if conversation.model_settings:
                 overrides["model_settings"] = conversation.model_settings

@@ -10,6 +10,20 @@ from pydantic import BaseModel, Field
 ENV_PREFIX = "PARLEY_"
 
 
+COMPATIBLE_PREFIX = "PARLEY_PROVIDER_"
+
+
+def _compatible_env(suffix: str) -> dict[str, str]:
+    """``PARLEY_PROVIDER_<NAME>_<SUFFIX>`` variables by lower-cased provider name."""
+    found = {}
+    for key, value in os.environ.items():
+        if key.startswith(COMPATIBLE_PREFIX) and key.endswith(suffix) and value:
+            name = key[len(COMPATIBLE_PREFIX) : -len(suffix)].lower()
+            if name:
+                found[name] = value
+    return found
+
+
 class ProviderCredentials(BaseModel):
     """Provider keys and endpoints, read once where the server starts and handed to provider actors."""
 
@@ -17,15 +31,20 @@ class ProviderCredentials(BaseModel):
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
+    # API keys of OpenAI-compatible servers (vLLM, Ollama ...) by their base URL.
+    endpoint_keys: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> ProviderCredentials:
         env = os.environ
+        urls = _compatible_env("_BASE_URL")
+        keys = _compatible_env("_API_KEY")
         return cls(
             openai_api_key=env.get("OPENAI_API_KEY"),
             openai_base_url=env.get("OPENAI_BASE_URL"),
             anthropic_api_key=env.get("ANTHROPIC_API_KEY"),
             anthropic_base_url=env.get("ANTHROPIC_BASE_URL"),
+            endpoint_keys={urls[name]: key for name, key in keys.items() if name in urls},
         )
 
     def __repr__(self) -> str:  # never print keys
@@ -54,6 +73,9 @@ class Settings(BaseModel):
     ray_address: str | None = None  # join an existing cluster instead of starting one
     ray_num_cpus: int | None = None
     ray_object_store_mb: int = 128
+    # OpenAI-compatible providers by handle prefix -> base URL, from PARLEY_PROVIDER_<NAME>_BASE_URL:
+    # PARLEY_PROVIDER_VLLM_BASE_URL=http://gpu-box:8000/v1 makes "vllm/<model>" a model handle.
+    compatible_providers: dict[str, str] = Field(default_factory=dict)
 
     @property
     def resolved_store_url(self) -> str:
@@ -66,5 +88,6 @@ class Settings(BaseModel):
             raw = os.environ.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = raw
+        values.setdefault("compatible_providers", _compatible_env("_BASE_URL"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)

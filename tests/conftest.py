@@ -27,7 +27,13 @@ def server(fake_llm: FakeLLMProcess, tmp_path_factory: pytest.TempPathFactory) -
     started = start_server(
         fake_llm,
         tmp_path_factory.mktemp("parley-data"),
-        env={"PARLEY_CONVERSATION_IDLE_SECONDS": str(IDLE_SECONDS), "PARLEY_KEEPALIVE_SECONDS": "20"},
+        env={
+            "PARLEY_CONVERSATION_IDLE_SECONDS": str(IDLE_SECONDS),
+            "PARLEY_KEEPALIVE_SECONDS": "20",
+            # An OpenAI-compatible provider (as vLLM or Ollama would be), served by the same fake.
+            "PARLEY_PROVIDER_LOCALAI_BASE_URL": fake_llm.openai_base_url,
+            "PARLEY_PROVIDER_LOCALAI_API_KEY": "local-key",
+        },
     )
     yield started
     started.stop()

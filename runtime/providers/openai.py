@@ -22,6 +22,7 @@ from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, Provi
 from .openai_format import encode
 from .sdk_errors import provider_error_from
 
+OPENAI_URL = "https://api.openai.com/v1"
 _FINISH = {"stop": "stop", "tool_calls": "tool_calls", "function_call": "tool_calls", "length": "length"}
 
 
@@ -32,8 +33,10 @@ class OpenAIProvider:
         base_url: str | None = None,
         max_retries: int = 2,
         timeout: float = 300.0,
+        endpoint_keys: dict[str, str] | None = None,
     ) -> None:
         self._api_key = api_key
+        self._endpoint_keys = endpoint_keys or {}
         self._base_url = base_url
         self._max_retries = max_retries
         self._timeout = timeout
@@ -43,10 +46,11 @@ class OpenAIProvider:
         base_url = endpoint or self._base_url
         client = self._clients.get(base_url)
         if client is None:
-            if not self._api_key:
+            api_key = self._key_for(endpoint)
+            if not api_key:
                 raise ProviderError("OPENAI_API_KEY is not set on the server", "auth")
             client = openai.AsyncOpenAI(
-                api_key=self._api_key,
+                api_key=api_key,
                 base_url=base_url,
                 max_retries=self._max_retries,
                 timeout=self._timeout,
@@ -54,6 +58,14 @@ class OpenAIProvider:
             )
             self._clients[base_url] = client
         return client
+
+    def _key_for(self, endpoint: str | None) -> str | None:
+        """OpenAI's key goes only to OpenAI; an OpenAI-compatible server gets its own key, or a
+        placeholder (the SDK insists on one), never OpenAI's."""
+        own = {_normal(OPENAI_URL), _normal(self._base_url)}
+        if endpoint is None or _normal(endpoint) in own:
+            return self._api_key
+        return self._endpoint_keys.get(endpoint, "none")
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         return await self.send(encode(request))
@@ -156,3 +168,7 @@ class _StreamAssembly:
             completion_tokens=self.completion_tokens,
             finish=self.finish,  # type: ignore[arg-type]
         )
+
+
+def _normal(url: str | None) -> str:
+    return (url or OPENAI_URL).rstrip("/")

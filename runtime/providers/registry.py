@@ -35,7 +35,11 @@ class ProviderRegistry:
             from .openai import OpenAIProvider
 
             return OpenAIProvider(
-                creds.openai_api_key, creds.openai_base_url, self._max_retries, self._timeout
+                creds.openai_api_key,
+                creds.openai_base_url,
+                self._max_retries,
+                self._timeout,
+                creds.endpoint_keys,
             )
         if provider == "anthropic":
             from .anthropic import AnthropicProvider

@@ -43,7 +43,11 @@ def _random_name() -> str:
 
 
 def _llm_config(
-    field_config: dict[str, Any] | None, handle: str | None, window: int | None, max_tokens: int | None
+    services: Services,
+    field_config: dict[str, Any] | None,
+    handle: str | None,
+    window: int | None,
+    max_tokens: int | None,
 ) -> LLMConfig:
     if field_config is not None:
         try:
@@ -56,7 +60,7 @@ def _llm_config(
             config.max_tokens = max_tokens
         return config
     if handle:
-        return llm_config_for(handle, window, max_tokens)
+        return llm_config_for(handle, window, max_tokens, services.settings.compatible_providers)
     raise InvalidArgument("Must specify either model or llm_config")
 
 
@@ -111,7 +115,9 @@ async def load_agent(services: Services, agent_id: str) -> tuple[Agent, list[Blo
 @collection(router, "POST", "/v1/agents")
 async def create_agent(body: CreateAgent, services: ServicesDep) -> dict[str, Any]:
     _reject_tools(body.tool_ids, body.tools)
-    llm_config = _llm_config(body.llm_config, body.model, body.context_window_limit, body.max_tokens)
+    llm_config = _llm_config(
+        services, body.llm_config, body.model, body.context_window_limit, body.max_tokens
+    )
     embedding_config = _embedding_config(body.embedding_config, body.embedding)
     new_blocks = [_new_block(spec) for spec in body.memory_blocks or []]
     attached = await _existing_blocks(services, body.block_ids or [])
@@ -179,14 +185,19 @@ async def update_agent(agent_id: str, body: UpdateAgent, services: ServicesDep) 
     if "tags" in given:
         changes["tags"] = body.tags or []
     if "llm_config" in given and body.llm_config is not None:
-        changes["llm_config"] = _llm_config(body.llm_config, None, body.context_window_limit, body.max_tokens)
+        changes["llm_config"] = _llm_config(
+            services, body.llm_config, None, body.context_window_limit, body.max_tokens
+        )
         changes["model"] = changes["llm_config"].handle
     elif given & {"model", "context_window_limit", "max_tokens"}:
         handle = body.model or agent.model or agent.llm_config.handle
         if handle is None:
             raise InvalidArgument("model: the agent has no model handle to rebuild llm_config from")
         changes["llm_config"] = llm_config_for(
-            handle, body.context_window_limit, body.max_tokens or agent.llm_config.max_tokens
+            handle,
+            body.context_window_limit,
+            body.max_tokens or agent.llm_config.max_tokens,
+            services.settings.compatible_providers,
         )
         changes["model"] = handle
     if "embedding_config" in given or "embedding" in given:

@@ -64,7 +64,7 @@ async def create_conversation(
     agent, _ = await load_agent(services, agent_id)
     body = body or CreateConversation()
     if body.model:
-        split_handle(body.model)
+        split_handle(body.model, compatible=services.settings.compatible_providers)
     conversation = Conversation(
         agent_id=agent.id,
         summary=body.summary,
@@ -104,7 +104,7 @@ async def update_conversation(
     await load_conversation(services, conversation_id)
     given = body.model_fields_set
     if "model" in given and body.model:
-        split_handle(body.model)
+        split_handle(body.model, compatible=services.settings.compatible_providers)
     changes: dict[str, Any] = {
         name: getattr(body, name)
         for name in ("summary", "description", "model", "model_settings", "context_window_limit")
