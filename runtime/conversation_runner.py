@@ -13,7 +13,6 @@ the moment its stream ends is never refused.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
@@ -123,11 +122,7 @@ class ConversationRunner:
                 self.active = None
                 raise
             active.log.append(RunStarted(run_id=run.id))
-            # A fresh context: the run must not count as part of the request that started it (a
-            # host that cancels that request together with its children would end the run too).
-            active.task = asyncio.create_task(
-                self._drive(active, request, agent, blocks), context=contextvars.Context()
-            )
+            active.task = asyncio.create_task(self._drive(active, request, agent, blocks))
             active.task.add_done_callback(functools.partial(self._on_task_done, active))
             if active.cancel_requested:
                 active.task.cancel()
