@@ -176,13 +176,7 @@ class SqliteStore(Store):
 
     async def update_block(self, block_id: str, fields: Mapping[str, Any]) -> Block | None:
         with self._tx() as db:
-            row = db.execute("SELECT data FROM blocks WHERE id = ?", (block_id,)).fetchone()
-            if row is None:
-                return None
-            current = Block.model_validate_json(row[0])
-            updated = Block.model_validate({**current.model_dump(), **fields})
-            db.execute("UPDATE blocks SET data = ? WHERE id = ?", (updated.model_dump_json(), block_id))
-            return updated
+            return _patch(db, "blocks", Block, block_id, fields)
 
     async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
         if not block_ids:
@@ -219,21 +213,7 @@ class SqliteStore(Store):
         self, conversation_id: str, fields: Mapping[str, Any]
     ) -> Conversation | None:
         with self._tx() as db:
-            return self._patch_conversation(db, conversation_id, fields)
-
-    def _patch_conversation(
-        self, db: sqlite3.Connection, conversation_id: str, fields: Mapping[str, Any]
-    ) -> Conversation | None:
-        # Read-modify-write inside the caller's BEGIN IMMEDIATE: no other writer can interleave.
-        row = db.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        if row is None:
-            return None
-        current = Conversation.model_validate_json(row[0])
-        updated = Conversation.model_validate({**current.model_dump(), **fields})
-        db.execute(
-            "UPDATE conversations SET data = ? WHERE id = ?", (updated.model_dump_json(), conversation_id)
-        )
-        return updated
+            return _patch(db, "conversations", Conversation, conversation_id, fields)
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         with self._tx() as db:
@@ -260,7 +240,7 @@ class SqliteStore(Store):
                 )
                 message.position = cursor.lastrowid
             if conversation_fields and messages and messages[0].conversation_id:
-                self._patch_conversation(db, messages[0].conversation_id, conversation_fields)
+                _patch(db, "conversations", Conversation, messages[0].conversation_id, conversation_fields)
 
     async def replace_message(self, message: Message) -> None:
         self._db.execute("UPDATE messages SET data = ? WHERE id = ?", (_message_json(message), message.id))
@@ -357,6 +337,19 @@ class SqliteStore(Store):
         sql, args, reverse = self._relative_page("runs", "data", where, args, page)
         found = self._many(Run, sql, args)
         return found[::-1] if reverse else found
+
+
+def _patch(
+    db: sqlite3.Connection, table: str, model: type[M], row_id: str, fields: Mapping[str, Any]
+) -> M | None:
+    """Set ``fields`` on one stored object; run inside the caller's BEGIN IMMEDIATE, so no other
+    writer can interleave between the read and the write."""
+    row = db.execute(f"SELECT data FROM {table} WHERE id = ?", (row_id,)).fetchone()
+    if row is None:
+        return None
+    updated = model.model_validate({**model.model_validate_json(row[0]).model_dump(), **fields})
+    db.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (updated.model_dump_json(), row_id))
+    return updated
 
 
 def _message_json(message: Message) -> str:
