@@ -17,11 +17,13 @@ import ray
 
 from runtime.conversation_runner import ConversationRunner
 from runtime.events import encode_batch
+from runtime.message import Message
 from runtime.settings import Settings
 from runtime.store import open_store
-from runtime.turn import TurnRequest
+from runtime.turn import InputMessage, TurnRequest
 
 from .provider_actor import ProviderPool
+from .tool_tasks import RayToolRunner
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,11 @@ class ConversationActor:
             coalesce_deltas=settings.coalesce_tokens,
             first_batch_hold=settings.first_batch_hold_ms / 1000,
             compatible_providers=settings.compatible_providers,
+            tool_runner=RayToolRunner(settings.tool_timeout_seconds, settings.tool_cpus),
         )
         self._activation: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._unclaimed: asyncio.Task[None] | None = None
         self._passivating = False
 
     async def _ready(self) -> ConversationRunner:
@@ -80,11 +84,28 @@ class ConversationActor:
         async for batch in runner.follow(run_id, after):
             yield encode_batch(batch)
 
+    async def wait_as_spare(self, ttl_seconds: float) -> bool:
+        """Started ahead of its conversation (the warm pool): exit if none claims it in time, so a
+        pool whose replica went away does not hold processes forever."""
+        self._unclaimed = asyncio.create_task(self._expire_unclaimed(ttl_seconds))
+        return True
+
+    async def _expire_unclaimed(self, ttl_seconds: float) -> None:
+        await asyncio.sleep(ttl_seconds)
+        if self._activation is None and not self._passivating:
+            self._passivate()
+
     async def active_run(self) -> str | None:
         return (await self._ready()).active_run_id
 
     async def cancel(self, run_id: str | None = None) -> list[str]:
         return await (await self._ready()).cancel(run_id)
+
+    async def add_messages(self, messages: list[InputMessage]) -> list[Message]:
+        return await (await self._ready()).add_messages(messages)
+
+    async def remove_part(self, message_id: str, part_index: int) -> bool:
+        return await (await self._ready()).remove_part(message_id, part_index)
 
     async def shutdown(self) -> None:
         """Stop serving now (the conversation was deleted): cancel any run, then exit."""
@@ -94,6 +115,9 @@ class ConversationActor:
     # --- passivation ------------------------------------------------------------------------------
     async def _reap(self) -> None:
         idle_after = self._settings.conversation_idle_seconds
+        state = self._runner.state
+        if state is not None and state.conversation.ephemeral:
+            idle_after = min(idle_after, self._settings.ephemeral_idle_seconds)
         period = min(max(idle_after / 4, 0.05), 30.0)
         while True:
             await asyncio.sleep(period)

@@ -1,9 +1,13 @@
 """``Directory``: conversation id -> its live actor, activating one on demand.
 
-Today a conversation's actor is a named, detached Ray actor created with ``get_if_exists=True``,
-an atomic get-or-create across every replica, so there is at most one per conversation in the
-cluster and its busy flag needs no other lock. Callers use only ``open_stream``, ``call`` and
-``retire``, so another placement scheme (a warm pool binding actors on demand) can replace this.
+A conversation's actor is a named, detached Ray actor created with ``get_if_exists=True``, an
+atomic get-or-create across every replica, so there is at most one per conversation in the cluster
+and its busy flag needs no other lock.
+
+Starting an actor costs a process (~0.5-1 s here). New conversations skip that wait: their ids come
+from ``reserve_conversation_id``, which hands out ids whose actors were started ahead of time (a
+small warm pool per replica, refilled in the background). The actor was already created under the
+conversation's name, so the uniqueness argument above is unchanged.
 
 It is also the boundary where Ray's errors become Parley's: an error raised inside the actor
 arrives here wrapped in ``RayTaskError`` and leaves as the original exception.
@@ -12,13 +16,16 @@ arrives here wrapped in ``RayTaskError`` and leaves as the original exception.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import logging
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from runtime import ids
 from runtime.events import RunEvent, decode_batch
 from runtime.settings import Settings
 
@@ -28,11 +35,49 @@ ATTEMPTS = 40  # an actor that is passivating frees its name within a few hundre
 RETRY_DELAY = 0.05
 CACHED_HANDLES = 10_000  # most recently used conversations whose actor handle this replica keeps
 
+log = logging.getLogger(__name__)
+
 
 class Directory:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._handles: OrderedDict[str, ray.actor.ActorHandle] = OrderedDict()
+        # (id, when its actor came up) of new conversations whose actors are running
+        self._spares: deque[tuple[str, float]] = deque()
+        self._refilling: asyncio.Future[None] | None = None
+
+    # --- the warm pool ----------------------------------------------------------------------------
+    def reserve_conversation_id(self) -> str:
+        """An id for a new conversation, with its actor already running when the pool has one."""
+        # A spare close to its TTL may be exiting: skip it (its conversation would start cold).
+        fresh_after = time.monotonic() - self._settings.spare_ttl_seconds * 0.8
+        conversation_id = None
+        while self._spares and conversation_id is None:
+            candidate, started = self._spares.popleft()
+            if started >= fresh_after:
+                conversation_id = candidate
+            else:
+                self._handles.pop(candidate, None)
+        self._refill()
+        return conversation_id or ids.new_id(ids.CONVERSATION)
+
+    def warm_up(self) -> None:
+        """Start filling the warm pool (from inside the replica's event loop)."""
+        self._refill()
+
+    def _refill(self) -> None:
+        if self._settings.warm_actors > 0 and (self._refilling is None or self._refilling.done()):
+            self._refilling = asyncio.ensure_future(self._top_up())
+
+    async def _top_up(self) -> None:
+        while len(self._spares) < self._settings.warm_actors:
+            conversation_id = ids.new_id(ids.CONVERSATION)
+            try:
+                await self._actor(conversation_id).wait_as_spare.remote(self._settings.spare_ttl_seconds)
+            except Exception as exc:  # the pool is an optimisation: without it, activation is cold
+                log.warning("could not start a spare conversation actor: %s", exc)
+                return
+            self._spares.append((conversation_id, time.monotonic()))
 
     def _actor(self, conversation_id: str) -> ray.actor.ActorHandle:
         handle = self._handles.get(conversation_id)
@@ -44,6 +89,9 @@ class Directory:
                 namespace=self._settings.namespace,
                 get_if_exists=True,
                 lifetime="detached",
+                # Across the nodes of a cluster rather than packed onto the head (num_cpus=0
+                # actors would otherwise all land where they were asked for).
+                scheduling_strategy="SPREAD",
             ).remote(conversation_id, self._settings)
             self._handles[conversation_id] = handle
             if len(self._handles) > CACHED_HANDLES:

@@ -86,7 +86,7 @@ class ProviderPool:
 
     def __init__(self, settings: Settings, key: str) -> None:
         self._settings = settings
-        self._cache: MessageCache = {}
+        self._caches: dict[str, MessageCache] = {}
         # A conversation sticks to one actor: its calls share that actor's connection pool.
         self._index = zlib.crc32(key.encode()) % max(settings.provider_actors, 1)
         self._handle: ray.actor.ActorHandle | None = None
@@ -98,7 +98,7 @@ class ProviderPool:
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         for attempt in range(2):
-            ref = self._actor(refresh=attempt > 0).complete.remote(encode(request, self._cache))
+            ref = self._actor(refresh=attempt > 0).complete.remote(encode(request, self._caches))
             try:
                 return await ref
             except asyncio.CancelledError:
@@ -110,7 +110,7 @@ class ProviderPool:
         raise AssertionError("unreachable")
 
     async def stream_batches(self, request: ModelRequest) -> AsyncIterator[DeltaBatch]:
-        encoded = encode(request, self._cache)
+        encoded = encode(request, self._caches)
         generator = self._actor().stream_batches.options(num_returns="streaming").remote(encoded)
         exhausted = False
         try:

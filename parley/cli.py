@@ -2,6 +2,7 @@
 
     parley serve [--host H] [--port P] [--data-dir D] [--store URL] [--address ADDR]
     parley fake-llm [--port P] [--latency S] [--token-delay S] ...
+    parley bench {overhead,scale,churn,contention,memory} [...]
 
 Every ``serve`` option also reads ``PARLEY_<NAME>`` from the environment; a flag wins over it.
 """
@@ -24,6 +25,10 @@ def _serve(args: argparse.Namespace) -> int:
         ray_address=args.address,
         conversation_idle_seconds=args.idle_seconds,
         provider_actors=args.provider_actors,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        api_key=args.api_key,
     )
     return serve_forever(settings, ProviderCredentials.from_env())
 
@@ -43,12 +48,36 @@ def main(argv: list[str] | None = None) -> int:
         "--idle-seconds", type=float, help="passivate a conversation actor after this idle time (default 300)"
     )
     serve.add_argument("--provider-actors", type=int, help="number of provider actors (default 1)")
+    serve.add_argument(
+        "--api-key", help="require 'Authorization: Bearer <key>' on every route but health (PARLEY_API_KEY)"
+    )
+    serve.add_argument(
+        "--min-replicas", type=int, help="HTTP ingress replicas, at least (default 1; PARLEY_MIN_REPLICAS)"
+    )
+    serve.add_argument(
+        "--max-replicas",
+        type=int,
+        help="at most; above --min-replicas, Serve autoscales between them (default 1; PARLEY_MAX_REPLICAS)",
+    )
+    serve.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        help="autoscaling target of open requests per replica (default 200; PARLEY_TARGET_ONGOING_REQUESTS)",
+    )
     serve.set_defaults(run=_serve)
 
     commands.add_parser(
         "fake-llm", help="run the deterministic fake LLM provider (OpenAI + Anthropic wire)", add_help=False
     )
 
+    commands.add_parser(
+        "bench", help="benchmark a server: overhead, scale, churn, contention, memory", add_help=False
+    )
+
+    if argv and argv[0] == "bench":
+        from benchmarks.cli import main as bench_main
+
+        return bench_main(argv[1:], prog="parley bench")
     if argv and argv[0] == "fake-llm":
         from parley.fake_llm.server import main as fake_main
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,11 +36,17 @@ class FakeLLMProcess:
         return f"{self.url}/v1"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        _terminate(self.process)
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def start_fake_llm(*args: str) -> FakeLLMProcess:
@@ -164,3 +171,51 @@ def start_server(
             server.stop()
             raise RuntimeError(f"parley serve did not answer in {start_timeout}s:\n{server.log_tail()}")
         time.sleep(0.5)
+
+
+# --- redis-server, for the Redis store's tests and benchmarks ---------------------------------------
+REDIS_START_SECONDS = 10.0
+
+
+@dataclass
+class RedisProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        _terminate(self.process)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()
+
+
+def start_redis(workdir: str | Path) -> RedisProcess:
+    """A private redis-server on a free loopback port, without persistence (a port taken in the
+    meantime gets a retry). Raises RuntimeError when there is no redis-server or it won't start."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH: apt-get install -y redis-server")
+    log = Path(workdir) / "redis.log"
+    for _ in range(3):
+        port = free_port()
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(workdir), "--daemonize", "no", "--logfile", str(log)]
+        server = RedisProcess(subprocess.Popen([binary, *args]), f"redis://127.0.0.1:{port}/0", log)
+        deadline = time.monotonic() + REDIS_START_SECONDS
+        while time.monotonic() < deadline and server.process.poll() is None:
+            if _redis_answers(server.url):
+                return server
+            time.sleep(0.05)
+        server.stop()
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+    raise RuntimeError(f"redis-server did not start:\n{tail}")

@@ -88,3 +88,4 @@ class Agent(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     last_run_completion: datetime | None = None
     last_stop_reason: str | None = None
+    hidden: bool | None = None  # not listed (the agent that OpenAI-surface conversations belong to)

@@ -14,10 +14,13 @@ from .agent import Agent, Block
 from .coalesce import coalesce
 from .conversation_state import ConversationState
 from .events import Delta, MessageDone, RunError, Stopped
-from .message import Message
+from .message import Message, ToolCallPart
 from .providers.base import BatchingProvider, ModelRequest, ModelResponse, Provider, ProviderError
+from .providers.openai_responses_format import PROVIDER as RESPONSES_PROVIDER
+from .providers.openai_responses_format import uses_responses_api
 from .run import Run, StopReason, Usage
 from .run_log import RunLog
+from .tools.toolbox import Toolbox
 from .turn import TurnRequest
 
 
@@ -38,24 +41,25 @@ class AgentLoop:
         request: TurnRequest,
         log: RunLog,
         usage: Usage,
+        toolbox: Toolbox,
     ) -> Stopped:
-        """Run steps until the model stops; ``usage`` is updated as steps complete (the caller
-        keeps it, so a cancelled run still reports what it used)."""
+        """Run steps until the model replies without calling a tool; ``usage`` is updated as steps
+        complete (the caller keeps it, so a cancelled run still reports what it used)."""
         started = time.monotonic_ns()
         for _ in range(max(request.max_steps, 1)):
             step_id = ids.new_id(ids.STEP)
             message_id = ids.new_id(ids.MESSAGE)
-            model_request = self._model_request(agent, state)
+            model_request = self._model_request(agent, state, toolbox, request)
             try:
                 if request.stream_tokens:
                     response = await self._stream_step(model_request, run, message_id, log, started)
                 else:
                     response = await self.provider.complete(model_request)
             except ProviderError as exc:
-                if exc.kind == "context_length":
-                    # The turn does not fit: keep its messages stored but out of the model's
-                    # context, so the conversation stays usable for the next (smaller) send.
-                    await state.drop_from_context([m.id for m in state.history if m.run_id == run.id])
+                # The failed turn stays stored and listed but leaves the model's context: the next
+                # send starts clean (a turn that did not fit would never fit; a user resending
+                # after an outage should not have the model see the message twice).
+                await state.drop_from_context([m.id for m in state.history if m.run_id == run.id])
                 return Stopped(
                     run_id=run.id,
                     stop_reason=StopReason.error,
@@ -76,24 +80,77 @@ class AgentLoop:
             )
             await state.append([reply])
             log.append(MessageDone(message=reply, streamed=request.stream_tokens))
-            # Tool execution joins here; without tool calls the turn is over.
-            if not reply.tool_calls():
+            calls = reply.tool_calls()
+            if response.finish == "length" and not calls:
+                # Cut off at the output limit: the reply is kept, but the turn did not end well.
+                return Stopped(run_id=run.id, stop_reason=StopReason.max_tokens_exceeded, usage=usage)
+            if not calls:
                 return Stopped(run_id=run.id, stop_reason=StopReason.end_turn, usage=usage)
+            ours = [c for c in calls if not toolbox.is_client_tool(c.name)]
+            if ours:
+                await self._call_tools(ours, run, state, agent, step_id, log, toolbox)
+            if len(ours) < len(calls):
+                # The client runs these and sends their results with its next request.
+                return Stopped(run_id=run.id, stop_reason=StopReason.requires_approval, usage=usage)
         return Stopped(run_id=run.id, stop_reason=StopReason.max_steps, usage=usage)
 
-    def _model_request(self, agent: Agent, state: ConversationState) -> ModelRequest:
+    async def _call_tools(
+        self,
+        calls: Sequence[ToolCallPart],
+        run: Run,
+        state: ConversationState,
+        agent: Agent,
+        step_id: str,
+        log: RunLog,
+        toolbox: Toolbox,
+    ) -> None:
+        results = await toolbox.call_all(calls)
+        # One stored message per result, as Letta lists them; the model sees them in call order.
+        returns = [
+            Message(
+                role="tool",
+                parts=[result],
+                agent_id=agent.id,
+                conversation_id=state.id,
+                run_id=run.id,
+                step_id=step_id,
+            )
+            for result in results
+        ]
+        await state.append(returns)
+        for message in returns:
+            log.append(MessageDone(message=message, streamed=False))
+        if toolbox.memory_changed:
+            # The next step must see the edited memory in its system prompt.
+            toolbox.memory_changed = False
+            await state.refresh_system_message(agent, await state.store.get_blocks(agent.block_ids))
+
+    def _model_request(
+        self, agent: Agent, state: ConversationState, toolbox: Toolbox, request: TurnRequest
+    ) -> ModelRequest:
         llm = agent.llm_config
-        thinking = (
-            (agent.model_settings or {}).get("thinking") if llm.model_endpoint_type == "anthropic" else None
+        settings = agent.model_settings or {}
+        provider = llm.model_endpoint_type
+        thinking = settings.get("thinking") if provider == "anthropic" else None
+        # OpenAI's reasoning models answer with reasoning summaries only through the Responses
+        # API; OpenAI-compatible servers (own endpoint) may not have it, so they stay on chat.
+        if provider == "openai" and not llm.model_endpoint and uses_responses_api(llm.model):
+            provider = RESPONSES_PROVIDER
+        effort = (
+            settings.get("reasoning", {}).get("reasoning_effort")
+            if isinstance(settings.get("reasoning"), dict)
+            else None
         )
         return ModelRequest(
-            provider=llm.model_endpoint_type,
+            provider=provider,
             model=llm.model,
-            system=state.system_prompt,
+            system=request.instructions if request.instructions is not None else state.system_prompt,
             messages=state.history,
+            tools=toolbox.schemas,
             max_tokens=llm.max_tokens,
             temperature=llm.temperature,
             thinking=thinking if thinking and thinking.get("type") == "enabled" else None,
+            reasoning_effort=effort or getattr(llm, "reasoning_effort", None),
             endpoint=llm.model_endpoint,
         )
 

@@ -31,6 +31,9 @@ class Conversation(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     last_message_at: datetime | None = None
+    # A conversation of its own for one OpenAI response made without one: never listed, and its
+    # actor passivates soon after the response (a chain by previous_response_id comes quickly).
+    ephemeral: bool = False
     # Ids of the messages the model sees, in order: system first. Empty until the first send.
     in_context_message_ids: list[str] = Field(default_factory=list)
 

@@ -17,22 +17,24 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from . import ids
+from .agent import Agent
 from .agent_loop import AgentLoop
 from .clock import utcnow
 from .conversation_state import ConversationState
 from .errors import ConversationBusy, InvalidArgument, NotFound
-from .events import Done, RunError, RunEvent, RunStarted, Stopped
+from .events import Done, RunError, RunEvent, RunStarted, Stopped, decode_batch, encode_batch
 from .handles import llm_config_for
-from .message import Message, TextPart
+from .inputs import stored_inputs
+from .message import Message
 from .providers.base import Provider
 from .run import Run, RunStatus, StopReason, Usage
 from .run_log import RunLog
 from .store import Page, Store
-from .turn import TurnRequest
+from .tools.toolbox import Toolbox, ToolRunner
+from .turn import InputMessage, TurnRequest
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,14 @@ class ConversationRunner:
         coalesce_deltas: int = 16,
         first_batch_hold: float = 0.1,
         compatible_providers: dict[str, str] | None = None,
+        tool_runner: ToolRunner | None = None,
     ) -> None:
         self.store = store
         self.conversation_id = conversation_id
         self.keepalive = keepalive_seconds
         self.first_batch_hold = first_batch_hold
         self.compatible_providers = compatible_providers or {}
+        self.tool_runner = tool_runner
         self.loop = AgentLoop(provider, coalesce_interval, coalesce_deltas)
         self.state: ConversationState | None = None
         self.active: ActiveRun | None = None
@@ -117,12 +121,12 @@ class ConversationRunner:
         self.last_activity = time.monotonic()
         try:
             try:
-                agent, blocks = await self._prepare(active, request)
+                agent, blocks, toolbox = await self._prepare(active, request)
             except BaseException:
                 self.active = None
                 raise
             active.log.append(RunStarted(run_id=run.id))
-            active.task = asyncio.create_task(self._drive(active, request, agent, blocks))
+            active.task = asyncio.create_task(self._drive(active, request, agent, blocks, toolbox))
             active.task.add_done_callback(functools.partial(self._on_task_done, active))
             if active.cancel_requested:
                 active.task.cancel()
@@ -155,33 +159,70 @@ class ConversationRunner:
             if conversation.model_settings:
                 overrides["model_settings"] = conversation.model_settings
             agent = agent.model_copy(update=overrides)
+        agent = self._with_request_overrides(agent, request)
         blocks = await self.store.get_blocks(agent.block_ids)
+        toolbox = Toolbox(
+            self.store,
+            agent,
+            await self.store.get_tools(agent.tool_ids),
+            self.tool_runner,
+            request.client_tools,
+        )
+        inputs = stored_inputs(request.messages, agent.id, self.conversation_id, active.run.id, state.history)
         active.run.agent_id = agent.id
         await self.store.create_run(active.run)
-        await state.refresh_system_message(agent, blocks)
+        if request.instructions is None:
+            await state.refresh_system_message(agent, blocks)
         # The input is stored before the model is called: an accepted message is never lost.
-        await state.append(
-            [
-                Message(
-                    role=m.role,
-                    parts=[TextPart(text=m.text)],
-                    agent_id=agent.id,
-                    conversation_id=self.conversation_id,
-                    run_id=active.run.id,
-                    otid=m.otid or ids.new_otid(),
-                    name=m.name,
-                    sender_id=m.sender_id,
-                )
-                for m in request.messages
-            ]
-        )
-        return agent, blocks
+        await state.append(inputs)
+        return agent, blocks, toolbox
 
-    async def _drive(self, active: ActiveRun, request: TurnRequest, agent, blocks) -> None:
+    def _with_request_overrides(self, agent: Agent, request: TurnRequest) -> Agent:
+        llm = agent.llm_config
+        if request.model:
+            llm = llm_config_for(request.model, compatible=self.compatible_providers)
+        if request.max_tokens is not None or request.temperature is not None:
+            llm = llm.model_copy(
+                update={
+                    "max_tokens": request.max_tokens if request.max_tokens is not None else llm.max_tokens,
+                    "temperature": request.temperature
+                    if request.temperature is not None
+                    else llm.temperature,
+                }
+            )
+        return agent if llm is agent.llm_config else agent.model_copy(update={"llm_config": llm})
+
+    # --- items (messages added or removed without a run) ------------------------------------------
+    async def add_messages(self, messages: Sequence[InputMessage]) -> list[Message]:
+        """Append messages to the conversation without calling the model (OpenAI ``items.create``)."""
+        if self.active is not None:
+            raise ConversationBusy.for_run(self.active.run.id)
+        assert self.state is not None
+        await self.state.refresh_conversation()
+        state = self.state
+        stored = stored_inputs(
+            messages, state.conversation.agent_id, self.conversation_id, None, state.history, "items"
+        )
+        await self.state.append(stored)
+        self.last_activity = time.monotonic()
+        return stored
+
+    async def remove_part(self, message_id: str, part_index: int) -> bool:
+        """Remove one part of a stored message (one OpenAI item); the message goes when it has none
+        left. False if there is no such part in this conversation."""
+        if self.active is not None:
+            raise ConversationBusy.for_run(self.active.run.id)
+        assert self.state is not None
+        self.last_activity = time.monotonic()
+        return await self.state.remove_part(message_id, part_index)
+
+    async def _drive(self, active: ActiveRun, request: TurnRequest, agent, blocks, toolbox: Toolbox) -> None:
         run = active.run
         assert self.state is not None
         try:
-            stopped = await self.loop.run(run, self.state, agent, blocks, request, active.log, active.usage)
+            stopped = await self.loop.run(
+                run, self.state, agent, blocks, request, active.log, active.usage, toolbox
+            )
         except asyncio.CancelledError:
             stopped = Stopped(run_id=run.id, stop_reason=StopReason.cancelled, usage=active.usage)
         except Exception as exc:  # a bug or a store failure: end the run, keep the conversation usable
@@ -223,11 +264,23 @@ class ConversationRunner:
         self._remember(active.log)
         active.log.append(stopped)
         active.log.append(Done(run_id=run.id))
+        if active.background:
+            # A background run's stream can be replayed later, from any replica, without its actor.
+            try:
+                await self.store.save_run_events(run.id, encode_batch(active.log.events()))
+            except Exception:
+                log.exception("could not keep the event log of run %s", run.id)
 
     # --- reading ----------------------------------------------------------------------------------
     async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[RunEvent]]:
         """Follow a run's log from ``after``: the active run when ``run_id`` is None."""
-        run_log = self._find_log(run_id)
+        try:
+            run_log = self._find_log(run_id)
+        except NotFound:
+            stored = await self.store.get_run_events(run_id) if run_id else None
+            if stored is None:
+                raise
+            run_log = RunLog.restored(run_id or "", decode_batch(stored))
         self.readers += 1
         try:
             async for batch in run_log.follow(after, self.keepalive):

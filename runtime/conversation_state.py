@@ -36,20 +36,28 @@ class ConversationState:
         return self.conversation.id
 
     @property
+    def _has_system(self) -> bool:
+        # Letta conversations start with their compiled system message; OpenAI ones have none
+        # (their instructions come with each response).
+        return bool(self.context) and self.context[0].role == "system"
+
+    @property
     def system_prompt(self) -> str:
-        return self.context[0].text() if self.context else ""
+        return self.context[0].text() if self._has_system else ""
 
     @property
     def history(self) -> list[Message]:
         """The in-context messages after the system message, oldest first."""
-        return self.context[1:]
+        return self.context[1:] if self._has_system else list(self.context)
 
     async def refresh_system_message(self, agent: Agent, blocks: Sequence[Block]) -> None:
         """Create the conversation's system message on its first turn; recompile it when memory changed."""
         now = utcnow()
         conversation_id = None if self.conversation.is_default else self.conversation.id
         prompt = compile_system_prompt(agent, blocks, conversation_id, max(len(self.context) - 1, 0), now)
-        if not self.context:
+        if not self._has_system:
+            if self.context:
+                return  # a conversation that began without one (OpenAI items) keeps it that way
             system = Message(
                 role="system",
                 parts=[TextPart(text=prompt)],
@@ -79,6 +87,25 @@ class ConversationState:
         await self.store.append_messages(messages, fields)
         self.conversation = self.conversation.model_copy(update=fields)
         self.context.extend(messages)
+
+    async def remove_part(self, message_id: str, part_index: int) -> bool:
+        found = await self.store.get_messages([message_id])
+        if not found or found[0].conversation_id != self.id or not 0 <= part_index < len(found[0].parts):
+            return False
+        message = found[0]
+        gone = message.parts[part_index]
+        if isinstance(gone, TextPart) and not gone.text:
+            return False  # removed before
+        # An emptied part stays in place so the other parts keep their index (item ids use it).
+        parts = [TextPart(text="") if i == part_index else p for i, p in enumerate(message.parts)]
+        if any(not isinstance(p, TextPart) or p.text for p in parts):
+            updated = message.model_copy(update={"parts": parts, "revision": message.revision + 1})
+            await self.store.replace_message(updated)
+            self.context = [updated if m.id == message_id else m for m in self.context]
+        else:
+            await self.drop_from_context([message_id])
+            await self.store.delete_messages([message_id])
+        return True
 
     async def drop_from_context(self, message_ids: Sequence[str]) -> None:
         """Take messages out of the model's context; they stay stored and listed."""

@@ -65,6 +65,13 @@ class Message(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     # Position in the store, assigned on append; absolute cursors compare these.
     position: int | None = None
+    # Bumped when a stored message is edited (an OpenAI item removed from it): encodings cached
+    # by ``cache_key`` are then stale.
+    revision: int = 0
+
+    @property
+    def cache_key(self) -> str:
+        return self.id if not self.revision else f"{self.id}#{self.revision}"
 
     def text(self) -> str:
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))

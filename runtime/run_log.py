@@ -19,6 +19,16 @@ class RunLog:
         self._events: list[RunEvent] = []
         self._grown = asyncio.Event()
 
+    @classmethod
+    def restored(cls, run_id: str, events: list[RunEvent]) -> RunLog:
+        """A finished log read back from the store (its events keep their seq numbers)."""
+        log = cls(run_id)
+        log._events = list(events)
+        return log
+
+    def events(self) -> list[RunEvent]:
+        return list(self._events)
+
     @property
     def last_seq(self) -> int:
         return len(self._events)

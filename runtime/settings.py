@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 ENV_PREFIX = "PARLEY_"
 
@@ -54,23 +54,41 @@ class ProviderCredentials(BaseModel):
 
 
 class Settings(BaseModel):
+    # When set, every route but health needs "Authorization: Bearer <key>" (never printed or logged).
+    api_key: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = 8283
     data_dir: str = Field(default_factory=lambda: str(Path.home() / ".parley"))
     store_url: str | None = None  # default: sqlite:///<data_dir>/parley.db
     namespace: str = "parley"  # Ray namespace of the conversation and provider actors
     conversation_idle_seconds: float = 300.0  # a live conversation actor passivates after this
+    ephemeral_idle_seconds: float = 15.0  # ... and that of an OpenAI response's own conversation
+    # Conversation actors each replica starts ahead of time, so a new conversation's first send
+    # does not wait for a process to start; an unclaimed one exits after spare_ttl_seconds.
+    warm_actors: int = 2
+    spare_ttl_seconds: float = 600.0
     keepalive_seconds: float = 20.0  # ping on a stream after this much silence
     heartbeat_seconds: float = 1.0  # SSE comment on a silent stream, so a vanished client is noticed
     provider_actors: int = 1
+    # HTTP ingress replicas: a fixed number, or Serve autoscaling between min and max on the open
+    # requests per replica (each open SSE stream counts as one).
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 200.0
     provider_max_retries: int = 2
     provider_timeout_seconds: float = 300.0
+    # The model of an OpenAI-surface response that names none; a bare model name means openai/<name>.
+    openai_default_model: str = "openai/gpt-4o-mini"
+    tool_timeout_seconds: float = 60.0  # a tool call still running after this is killed
+    tool_cpus: float = 1.0  # Ray CPUs one running tool call holds (bounds concurrent tool processes)
     coalesce_ms: float = 50.0
     coalesce_tokens: int = 16
     # A send's first batch waits this long for more than its opening ping, so that a quick turn
     # crosses from its actor in one piece; later events are never held.
     first_batch_hold_ms: float = 100.0
     ray_address: str | None = None  # join an existing cluster instead of starting one
+    # Where Serve runs HTTP proxies in a cluster: "EveryNode" (behind a load balancer) or "HeadOnly".
+    proxy_location: str = "EveryNode"
     ray_num_cpus: int | None = None
     ray_object_store_mb: int = 128
     # OpenAI-compatible providers by handle prefix -> base URL, from PARLEY_PROVIDER_<NAME>_BASE_URL:

@@ -9,7 +9,9 @@ from runtime import __version__
 from runtime.settings import Settings
 
 from . import errors, health, services
-from .letta import agent_messages, agents, blocks, conversations, runs
+from .auth import BearerAuth
+from .letta import agent_messages, agent_tools, agents, blocks, conversations, runs, tools
+from .openai import routes as openai_routes
 
 MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5 would queue them
 
@@ -17,12 +19,16 @@ MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5
 def build_app() -> FastAPI:
     app = FastAPI(title="Parley", version=__version__, docs_url=None, redoc_url=None)
     errors.install(app)
+    app.add_middleware(BearerAuth)
     app.include_router(health.router)
     app.include_router(agents.router)
     app.include_router(agent_messages.router)
     app.include_router(blocks.router)
     app.include_router(conversations.router)
     app.include_router(runs.router)
+    app.include_router(tools.router)
+    app.include_router(agent_tools.router)
+    app.include_router(openai_routes.router)
     return app
 
 

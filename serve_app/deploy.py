@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -111,15 +112,31 @@ def start(settings: Settings, credentials: ProviderCredentials) -> None:
     """Bring everything up and return once the HTTP API answers."""
     init_ray(settings)
     quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
-    serve.start(http_options=HTTPOptions(host=settings.host, port=settings.port), logging_config=quiet)
+    http = HTTPOptions(host=settings.host, port=settings.port, location=settings.proxy_location)
+    serve.start(http_options=http, logging_config=quiet)
     providers_ready = start_provider_actors(settings, credentials)
     serve.run(
-        ParleyIngress.options(logging_config=quiet).bind(settings),
+        ParleyIngress.options(logging_config=quiet, **replica_options(settings)).bind(settings),
         name=APP_NAME,
         route_prefix="/",
         blocking=False,
     )
     ray.get(providers_ready, timeout=120)
+
+
+def replica_options(settings: Settings) -> dict[str, object]:
+    """A fixed number of ingress replicas, or an autoscaling range when max > min."""
+    low = max(settings.min_replicas, 1)
+    high = max(settings.max_replicas, low)
+    if high == low:
+        return {"num_replicas": low}
+    return {
+        "autoscaling_config": {
+            "min_replicas": low,
+            "max_replicas": high,
+            "target_ongoing_requests": settings.target_ongoing_requests,
+        }
+    }
 
 
 def stop(settings: Settings) -> None:
@@ -142,6 +159,11 @@ def _remove_haproxy_files() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _redacted(url: str) -> str:
+    """A URL fit to print: any password in it replaced (redis://:secret@host -> redis://:***@host)."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
 def serve_forever(settings: Settings, credentials: ProviderCredentials) -> int:
     stopping = threading.Event()
 
@@ -154,7 +176,7 @@ def serve_forever(settings: Settings, credentials: ProviderCredentials) -> int:
     start(settings, credentials)
     where = f"http://{settings.host}:{settings.port}"
     print(
-        f"Parley listening on {where} (store: {settings.resolved_store_url}; "
+        f"Parley listening on {where} (store: {_redacted(settings.resolved_store_url)}; "
         f"ready in {time.monotonic() - began:.1f}s; Ctrl-C to stop)",
         flush=True,
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 
@@ -21,6 +21,25 @@ def collection(router: APIRouter, method: str, path: str, **kwargs: Any) -> Call
         return endpoint
 
     return register
+
+
+T = TypeVar("T")
+
+
+def relative_window(
+    items: Sequence[T], key: Callable[[T], str], after: str | None, before: str | None, limit: int, order: str
+) -> list[T]:
+    """One page of a small in-memory listing with cursors relative to ``order`` (as the store's
+    relative listings): after an unknown cursor the page is empty, so a paging client stops."""
+    ordered = list(items) if order == "asc" else list(items)[::-1]
+    ids_in_order = [key(item) for item in ordered]
+    start, stop = 0, len(ordered)
+    if after is not None:
+        start = ids_in_order.index(after) + 1 if after in ids_in_order else len(ordered)
+    if before is not None and before in ids_in_order:
+        stop = ids_in_order.index(before)
+    window = ordered[start:stop]
+    return window[-limit:] if before is not None and after is None else window[:limit]
 
 
 def require_id(prefix: str, value: str, field: str) -> str:

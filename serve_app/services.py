@@ -17,6 +17,8 @@ class Services:
     settings: Settings
     store: Store
     directory: Directory
+    built_in_tools_ready: bool = False  # the built-in tools are in the store (checked once)
+    warmed: bool = False  # the directory's warm pool has been started
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
@@ -38,7 +40,23 @@ async def get_services() -> Services:
     hop on every request."""
     if _current is None:
         raise RuntimeError("Parley services are not started in this process")
+    warm_up_once()
     return _current
+
+
+def api_key() -> str | None:
+    """The key every request must present, or None when auth is off (or not started yet)."""
+    if _current is None or _current.settings.api_key is None:
+        return None
+    return _current.settings.api_key.get_secret_value()
+
+
+def warm_up_once() -> None:
+    """Start the directory's warm pool on the first request (it runs in the replica's event loop,
+    which the constructor does not)."""
+    if _current is not None and not _current.warmed:
+        _current.warmed = True
+        _current.directory.warm_up()
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

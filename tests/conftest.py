@@ -6,13 +6,16 @@ a short passivation time so that idle conversation actors come and go during the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
-from parley.processes import FakeLLMProcess, ServerProcess, start_fake_llm, start_server
+from parley.processes import FakeLLMProcess, ServerProcess, start_fake_llm, start_redis, start_server
 
 IDLE_SECONDS = 3.0
+TOOL_TIMEOUT_SECONDS = 4.0
+SPARE_TTL_SECONDS = 5.0
 
 
 @pytest.fixture(scope="session")
@@ -23,13 +26,31 @@ def fake_llm() -> Iterator[FakeLLMProcess]:
 
 
 @pytest.fixture(scope="session")
-def server(fake_llm: FakeLLMProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def store_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """``PARLEY_TEST_STORE=redis`` runs the session's server on a private redis-server; by default
+    it uses the embedded SQLite store."""
+    if os.environ.get("PARLEY_TEST_STORE", "sqlite") != "redis":
+        yield {}
+        return
+    redis_server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield {"PARLEY_STORE_URL": redis_server.url}
+    redis_server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(
+    fake_llm: FakeLLMProcess, store_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     started = start_server(
         fake_llm,
         tmp_path_factory.mktemp("parley-data"),
         env={
+            **store_env,
             "PARLEY_CONVERSATION_IDLE_SECONDS": str(IDLE_SECONDS),
             "PARLEY_KEEPALIVE_SECONDS": "20",
+            "PARLEY_TOOL_TIMEOUT_SECONDS": str(TOOL_TIMEOUT_SECONDS),
+            # Warm-pool actors not claimed soon exit, so tests can watch actors come and go.
+            "PARLEY_SPARE_TTL_SECONDS": str(SPARE_TTL_SECONDS),
             # An OpenAI-compatible provider (as vLLM or Ollama would be), served by the same fake.
             "PARLEY_PROVIDER_LOCALAI_BASE_URL": fake_llm.openai_base_url,
             "PARLEY_PROVIDER_LOCALAI_API_KEY": "local-key",

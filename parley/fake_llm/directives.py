@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 # Only known names are directives; anything else in double brackets stays text.
 _DIRECTIVE = re.compile(
-    r"\[\[\s*(latency|token_delay|status|cut|hang)\s*(?:=\s*([^\]]*?)\s*)?\]\]\s*",
+    r"\[\[\s*(latency|token_delay|status|cut|hang|fail_first)\s*(?:=\s*([^\]]*?)\s*)?\]\]\s*",
     re.IGNORECASE,
 )
 
@@ -19,6 +19,9 @@ class Directives:
     status: int | None = None  # answer with this provider-style HTTP error instead
     cut: int | None = None  # drop the connection after this many streamed tokens
     hang: bool = False  # never answer; wait until the client goes away
+    # With `status`: only the first N requests carrying this same prompt fail (a transient fault,
+    # so a client's retries get through); without `status`, they fail with 503.
+    fail_first: int | None = None
 
 
 NO_DIRECTIVES = Directives()
@@ -54,4 +57,4 @@ def _parse_value(name: str, raw: str) -> float | int | bool | None:
         return None
     if name == "status":
         return number if 400 <= number <= 599 else None
-    return number if number >= 0 else None  # cut
+    return number if number >= 0 else None  # cut, fail_first

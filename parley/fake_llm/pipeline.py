@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from .sse import PacedStream, StreamCut, drop_connection
 from .tokens import estimate_tokens, split_tokens, tokens_for_chars
 
 HANG_POLL_SECONDS = 0.05
+TRANSIENT_MEMORY = 10_000  # prompts whose `fail_first` attempts are counted
+_attempts: OrderedDict[str, int] = OrderedDict()  # prompt -> requests seen (one fake, one process)
 
 
 @dataclass(slots=True)
@@ -100,12 +103,23 @@ def _parse(raw: bytes, dialect: Dialect) -> tuple[dict[str, Any], Conversation]:
 
 
 def _failure(conv: Conversation, directives: Directives, options: FakeLLMOptions) -> Failure | None:
-    if directives.status is not None:
+    if directives.fail_first is not None:
+        if _count_attempt(conv.final_text) <= directives.fail_first:
+            return failure_for_status(directives.status or 503)
+    elif directives.status is not None:
         return failure_for_status(directives.status)
     prompt_tokens = tokens_for_chars(conv.prompt_chars)
     if prompt_tokens > options.max_context_tokens:
         return context_too_long(prompt_tokens, options.max_context_tokens)
     return None
+
+
+def _count_attempt(prompt: str) -> int:
+    seen = _attempts.pop(prompt, 0) + 1
+    _attempts[prompt] = seen
+    while len(_attempts) > TRANSIENT_MEMORY:
+        _attempts.popitem(last=False)
+    return seen
 
 
 def _exchange(body: dict[str, Any], conv: Conversation, reply: Reply) -> Exchange:

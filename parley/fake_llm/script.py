@@ -69,7 +69,18 @@ def _call_tool(m: re.Match[str], conv: Conversation) -> Reply:
         return Reply(f"I have no tool named {wanted}.")
     if args is None:
         args = placeholder_arguments(conv.tools[name])
+        # "with 16 sides": numbers after "with" fill the numeric parameters, in order.
+        numbers = re.match(r"\s+with\s+([\d\s,and.]+)", rest, re.IGNORECASE)
+        if numbers is not None:
+            _fill_numbers(args, conv.tools[name], re.findall(r"\d+", numbers.group(1)))
     return Reply(preface, tool_call=ToolCall(name, json.dumps(args)))
+
+
+def _fill_numbers(args: dict[str, Any], schema: dict[str, Any], numbers: list[str]) -> None:
+    props = schema.get("properties") or {}
+    numeric = [n for n, p in props.items() if isinstance(p, dict) and p.get("type") in ("integer", "number")]
+    for name, value in zip(numeric, numbers, strict=False):
+        args[name] = int(value)
 
 
 def _remember(m: re.Match[str], conv: Conversation) -> Reply:
@@ -110,7 +121,7 @@ def _greet(m: re.Match[str], conv: Conversation) -> Reply:
 _REMEMBER = _rule(r"\bremember the word:?\s+(?P<word>\S+)")
 
 RULES: tuple[tuple[re.Pattern[str], RuleAction], ...] = (
-    (_rule(r"\bcall\s+(?:tool\s+)?(?P<name>[\w-]+)"), _call_tool),
+    (_rule(r"\bcall\s+(?:the\s+)?(?:tool\s+)?(?P<name>[\w-]+)(?:\s+tool\b)?"), _call_tool),
     (_REMEMBER, _remember),
     (_rule(r"\b(?:what|which)\s+word\b|\brecall\b|\bwhat(?:'s|\s+is|\s+was)\s+the\s+word\b"), _recall),
     (_rule(r"\b(?:reply with|respond with|say)\s+(?P<x>.+)$"), _say),

@@ -10,7 +10,7 @@ import anthropic
 from ..message import ReasoningPart, TextPart, ToolCallPart
 from .anthropic_format import encode
 from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
-from .sdk_errors import provider_error_from
+from .sdk_errors import as_provider_error
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length"}
 
@@ -54,8 +54,8 @@ class AnthropicProvider:
     async def send(self, encoded: EncodedRequest) -> ModelResponse:
         try:
             reply = await self._client(encoded.endpoint).messages.create(**encoded.body)
-        except anthropic.AnthropicError as exc:
-            raise provider_error_from(exc, anthropic, "anthropic") from None
+        except Exception as exc:
+            raise as_provider_error(exc, anthropic, "anthropic") from None
         parts: list[ResponsePart] = []
         for block in reply.content:
             if block.type == "text":
@@ -114,8 +114,8 @@ class AnthropicProvider:
                     completion_tokens = event.usage.output_tokens
                     if event.delta.stop_reason:
                         finish = _FINISH.get(event.delta.stop_reason, "stop")
-        except anthropic.AnthropicError as exc:
-            raise provider_error_from(exc, anthropic, "anthropic") from None
+        except Exception as exc:
+            raise as_provider_error(exc, anthropic, "anthropic") from None
         for part in parts:
             if isinstance(part, ToolCallPart) and not part.arguments:
                 part.arguments = "{}"

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from ..message import Message, ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
-from .base import EncodedRequest, MessageCache, ModelRequest
+from .base import EncodedRequest, MessageCache, ModelRequest, cached_encoding
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -14,10 +14,11 @@ DEFAULT_MAX_TOKENS = 4096
 def encode(request: ModelRequest, cache: MessageCache | None = None) -> EncodedRequest:
     body: dict[str, Any] = {
         "model": request.model,
-        "system": request.system,
         "messages": _turns(request.messages, cache),
         "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
     }
+    if request.system:  # Anthropic rejects an empty system prompt
+        body["system"] = request.system
     if request.tools:
         body["tools"] = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
@@ -34,14 +35,7 @@ def _turns(messages: list[Message], cache: MessageCache | None) -> list[dict[str
     """Anthropic wants alternating turns; consecutive same-role messages are merged into one turn."""
     out: list[dict[str, Any]] = []
     for message in messages:
-        encoded = cache.get(message.id) if cache is not None else None
-        if encoded is None:
-            encoded = [
-                {"role": "assistant" if message.role == "assistant" else "user", "content": _blocks(message)}
-            ]
-            if cache is not None:
-                cache[message.id] = encoded
-        turn = encoded[0]
+        turn = cached_encoding(message, cache, _turn)[0]
         if not turn["content"]:
             continue
         if out and out[-1]["role"] == turn["role"]:
@@ -50,6 +44,10 @@ def _turns(messages: list[Message], cache: MessageCache | None) -> list[dict[str
         else:
             out.append(turn)
     return out
+
+
+def _turn(message: Message) -> list[dict[str, Any]]:
+    return [{"role": "assistant" if message.role == "assistant" else "user", "content": _blocks(message)}]
 
 
 def _blocks(message: Message) -> list[dict[str, Any]]:

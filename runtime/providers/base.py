@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -31,6 +31,7 @@ class ModelRequest(BaseModel):
     max_tokens: int | None = None
     temperature: float | None = None
     thinking: dict[str, Any] | None = None  # Anthropic extended thinking settings
+    reasoning_effort: str | None = None  # OpenAI reasoning effort for Responses-API models
     endpoint: str | None = None  # a base URL overriding the provider's default
 
 
@@ -43,8 +44,21 @@ class EncodedRequest:
     body: dict[str, Any]
 
 
-# Stored message id -> its wire encoding; valid for as long as messages are immutable (always).
+# Stored message (``Message.cache_key``: id and revision) -> its wire encoding in one format.
 MessageCache = dict[str, list[dict[str, Any]]]
+
+
+def cached_encoding(
+    message: Message, cache: MessageCache | None, encode_message: Callable[[Message], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """``encode_message(message)``, computed once per stored message revision when a cache is given."""
+    if cache is None:
+        return encode_message(message)
+    encoded = cache.get(message.cache_key)
+    if encoded is None:
+        encoded = cache[message.cache_key] = encode_message(message)
+    return encoded
+
 
 ResponsePart = TextPart | ReasoningPart | ToolCallPart
 

@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ..message import TextPart, ToolCallPart
 from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
 from .openai_format import encode
-from .sdk_errors import provider_error_from
+from .sdk_errors import as_provider_error
 
 OPENAI_URL = "https://api.openai.com/v1"
 _FINISH = {"stop": "stop", "tool_calls": "tool_calls", "function_call": "tool_calls", "length": "length"}
@@ -67,19 +67,22 @@ class OpenAIProvider:
             return self._api_key
         return self._endpoint_keys.get(endpoint, "none")
 
+    # The wire format this adapter speaks (the Responses adapter swaps in its own).
+    encode = staticmethod(encode)
+
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        return await self.send(encode(request))
+        return await self.send(self.encode(request))
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
-        return self.stream_encoded(encode(request))
+        return self.stream_encoded(self.encode(request))
 
     async def send(self, encoded: EncodedRequest) -> ModelResponse:
         try:
             completion = await self._client(encoded.endpoint).post(
                 "/chat/completions", body=encoded.body, cast_to=ChatCompletion
             )
-        except openai.OpenAIError as exc:
-            raise provider_error_from(exc, openai, "openai") from None
+        except Exception as exc:
+            raise as_provider_error(exc, openai, "openai") from None
         choice = completion.choices[0]
         parts: list[ResponsePart] = []
         if choice.message.content:
@@ -115,8 +118,8 @@ class OpenAIProvider:
                         yield delta
                     if choice.finish_reason:
                         assembly.finish = _FINISH.get(choice.finish_reason, "stop")
-        except openai.OpenAIError as exc:
-            raise provider_error_from(exc, openai, "openai") from None
+        except Exception as exc:
+            raise as_provider_error(exc, openai, "openai") from None
         yield assembly.response()
 
 

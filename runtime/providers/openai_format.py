@@ -9,18 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..message import Message, ToolReturnPart
-from .base import EncodedRequest, MessageCache, ModelRequest
+from .base import EncodedRequest, MessageCache, ModelRequest, cached_encoding
 
 
 def encode(request: ModelRequest, cache: MessageCache | None = None) -> EncodedRequest:
     messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
     for message in request.messages:
-        encoded = cache.get(message.id) if cache is not None else None
-        if encoded is None:
-            encoded = encode_message(message)
-            if cache is not None:
-                cache[message.id] = encoded
-        messages.extend(encoded)
+        messages.extend(cached_encoding(message, cache, encode_message))
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     if request.tools:
         body["tools"] = [
@@ -48,6 +43,8 @@ def encode_message(message: Message) -> list[dict[str, Any]]:
         # Reasoning parts are the model's own; chat completions has no way to send them back.
         entry: dict[str, Any] = {"role": "assistant", "content": message.text() or None}
         calls = message.tool_calls()
+        if not calls and not entry["content"]:
+            return []  # nothing left to say (reasoning only, or its items were deleted)
         if calls:
             entry["tool_calls"] = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}

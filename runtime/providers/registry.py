@@ -23,7 +23,8 @@ class ProviderRegistry:
         self._adapters: dict[str, Any] = {}
 
     def adapter(self, provider: str) -> Any:
-        """The provider's adapter (``OpenAIProvider``, ``AnthropicProvider``), built on first use."""
+        """The provider's adapter (``OpenAIProvider``, ``OpenAIResponsesProvider``,
+        ``AnthropicProvider``), built on first use."""
         adapter = self._adapters.get(provider)
         if adapter is None:
             adapter = self._adapters[provider] = self._build(provider)
@@ -31,10 +32,13 @@ class ProviderRegistry:
 
     def _build(self, provider: str) -> Any:
         creds = self._credentials
-        if provider == "openai":
+        if provider in ("openai", "openai_responses"):
+            # Both OpenAI APIs take the same credentials; each adapter keeps its own client pool.
             from .openai import OpenAIProvider
+            from .openai_responses import OpenAIResponsesProvider
 
-            return OpenAIProvider(
+            cls = OpenAIResponsesProvider if provider == "openai_responses" else OpenAIProvider
+            return cls(
                 creds.openai_api_key,
                 creds.openai_base_url,
                 self._max_retries,

@@ -16,6 +16,14 @@ log = logging.getLogger(__name__)
 _CONTEXT_HINTS = ("context_length_exceeded", "maximum context length", "prompt is too long", "context window")
 
 
+def as_provider_error(exc: Exception, sdk: ModuleType, provider: str) -> ProviderError:
+    """The ``ProviderError`` for an SDK or transport exception; anything else (a bug of ours) is
+    raised again as it is."""
+    if isinstance(exc, sdk.APIError) or is_transport_error(exc):
+        return provider_error_from(exc, sdk, provider)
+    raise exc
+
+
 def provider_error_from(exc: BaseException, sdk: ModuleType, provider: str) -> ProviderError:
     # The SDK's own message; the cause (a transport error) goes to the server log, never to clients.
     log.warning("%s call failed: %s: %s (cause: %r)", provider, type(exc).__name__, exc, exc.__cause__)
@@ -40,7 +48,21 @@ def provider_error_from(exc: BaseException, sdk: ModuleType, provider: str) -> P
         else:
             kind = "bad_request"
         return ProviderError(f"{provider} API error {status}: {detail}", kind, status)
+    if is_transport_error(exc):
+        # Raised by the transport itself mid-stream, past the SDK's wrapping (a cut connection).
+        return ProviderError(f"{provider} connection broke off: {type(exc).__name__}: {exc}", "connection")
     return ProviderError(f"{provider} call failed: {type(exc).__name__}: {exc}", "other")
+
+
+# Transport exception classes of httpx (and its vendored copies) and aiohttp, by name, so this
+# module needs neither installed.
+_TRANSPORT_NAMES = {"TransportError", "NetworkError", "ClientError", "ClientPayloadError"}
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return any(cls.__name__ in _TRANSPORT_NAMES for cls in type(exc).__mro__)
 
 
 def _detail(exc: BaseException) -> str:

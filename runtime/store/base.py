@@ -8,7 +8,7 @@ inline because its calls take tens of microseconds and a thread hop would cost m
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +16,7 @@ from ..agent import Agent, Block
 from ..conversation import Conversation
 from ..message import Message
 from ..run import Run
+from ..tools.tool import Tool
 
 Order = Literal["asc", "desc"]
 
@@ -41,7 +42,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_agents(
         self, page: Page, name: str | None = None, tags: Sequence[str] = (), match_all_tags: bool = False
-    ) -> list[Agent]: ...
+    ) -> list[Agent]:
+        """Agents matching the filters; hidden agents are never listed."""
 
     @abc.abstractmethod
     async def update_agent(self, agent: Agent, new_blocks: Sequence[Block] = ()) -> None:
@@ -56,8 +58,45 @@ class Store(abc.ABC):
         """Set ``fields`` on a block atomically (two conversations editing one block lose nothing)."""
 
     @abc.abstractmethod
+    async def edit_block(self, block_id: str, edit: Callable[[Block], Mapping[str, Any]]) -> Block | None:
+        """Read-modify-write one block atomically: ``edit`` receives the block as stored now and
+        returns the fields to set (raising aborts the edit). None if there is no such block."""
+
+    @abc.abstractmethod
     async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
         """Blocks in the order of ``block_ids``; missing ids are skipped."""
+
+    # --- tools -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def upsert_tool(self, tool: Tool) -> Tool:
+        """Store ``tool`` by name: a tool of that name is replaced in place and keeps its id and
+        creation time. Returns the stored tool."""
+
+    @abc.abstractmethod
+    async def update_tool(self, tool: Tool) -> None:
+        """Replace a stored tool (by id); ``Conflict`` if its new name belongs to another tool."""
+
+    @abc.abstractmethod
+    async def get_tools(self, tool_ids: Sequence[str]) -> list[Tool]:
+        """Tools in the order of ``tool_ids``; missing ids are skipped."""
+
+    @abc.abstractmethod
+    async def get_tools_by_name(self, names: Sequence[str]) -> list[Tool]:
+        """Tools in the order of ``names``; unknown names are skipped."""
+
+    @abc.abstractmethod
+    async def list_tools(
+        self,
+        page: Page,
+        names: Sequence[str] = (),
+        tool_types: Sequence[str] = (),
+        exclude_tool_types: Sequence[str] = (),
+        search: str | None = None,
+    ) -> list[Tool]:
+        """Tools matching every filter given (``search``: name contains); cursors relative."""
+
+    @abc.abstractmethod
+    async def delete_tool(self, tool_id: str) -> bool: ...
 
     # --- conversations -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -69,7 +108,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]:
-        """Conversations (agents' default conversations are not listed)."""
+        """Conversations (agents' default conversations and ephemeral ones are not listed)."""
 
     @abc.abstractmethod
     async def update_conversation(
@@ -84,14 +123,17 @@ class Store(abc.ABC):
     # --- messages ----------------------------------------------------------------------------
     @abc.abstractmethod
     async def append_messages(
-        self, messages: Sequence[Message], conversation: Conversation | None = None
+        self, messages: Sequence[Message], conversation_fields: Mapping[str, Any] | None = None
     ) -> None:
-        """Append in order, assigning ``position``; if ``conversation`` is given, save it in the same
-        transaction (its in-context ids and timestamps move with the messages)."""
+        """Append in order, assigning ``position``; ``conversation_fields`` are set on the messages'
+        conversation in the same transaction (its in-context ids and timestamps move with them)."""
 
     @abc.abstractmethod
     async def replace_message(self, message: Message) -> None:
         """Rewrite a stored message in place, keeping its position (system prompt recompiles)."""
+
+    @abc.abstractmethod
+    async def delete_messages(self, message_ids: Sequence[str]) -> None: ...
 
     @abc.abstractmethod
     async def get_messages(self, message_ids: Sequence[str]) -> list[Message]:
@@ -107,6 +149,13 @@ class Store(abc.ABC):
         """Every message of an agent, in all of its conversations, with the cursors of ``list_messages``."""
 
     @abc.abstractmethod
+    async def search_messages(
+        self, agent_id: str, query: str, roles: Sequence[str], limit: int
+    ) -> list[Message]:
+        """The agent's newest messages with one of ``roles`` whose text contains ``query``
+        (case-insensitive), newest first."""
+
+    @abc.abstractmethod
     async def list_run_messages(self, run_id: str, page: Page) -> list[Message]:
         """Messages a run stored (its input included), with the cursors of ``list_messages``."""
 
@@ -119,6 +168,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> Run | None: ...
+
+    @abc.abstractmethod
+    async def save_run_events(self, run_id: str, events: bytes) -> None:
+        """Keep a finished run's encoded event log (``events.encode_batch``), so its stream can be
+        replayed after the conversation's actor is gone; it is deleted with the run."""
+
+    @abc.abstractmethod
+    async def get_run_events(self, run_id: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def delete_run(self, run_id: str) -> bool:
+        """Forget a run (its messages stay in their conversation)."""
 
     @abc.abstractmethod
     async def list_runs(
@@ -137,9 +198,14 @@ class Store(abc.ABC):
 
 
 def open_store(url: str) -> Store:
-    """A store for ``url``: ``sqlite:///path/to/file.db`` (the default) or a backend added later."""
+    """A store for ``url``: ``sqlite:///path/to/file.db`` (the default) or ``redis://host:port/db``
+    (``rediss://`` for TLS)."""
     if url.startswith("sqlite://"):
         from .sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite://"))
-    raise ValueError(f"unsupported store url {url!r}: expected sqlite:///path")
+    if url.startswith(("redis://", "rediss://")):
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    raise ValueError(f"unsupported store url {url!r}: expected sqlite:///path or redis://host:port/db")

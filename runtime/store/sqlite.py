@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from ..agent import Agent, Block
+from ..clock import utcnow
 from ..conversation import Conversation
+from ..errors import Conflict
 from ..message import Message
 from ..run import Run
+from ..tools.tool import Tool
 from .base import Page, Store
 
 M = TypeVar("M", bound=BaseModel)
@@ -46,6 +49,10 @@ CREATE TABLE IF NOT EXISTS runs (
     conversation_id TEXT, status TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, pos);
 CREATE INDEX IF NOT EXISTS runs_conversation ON runs (conversation_id, pos);
+CREATE TABLE IF NOT EXISTS run_events (run_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tools (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, name TEXT UNIQUE NOT NULL,
+    tool_type TEXT NOT NULL, data TEXT NOT NULL);
 """
 
 
@@ -136,7 +143,7 @@ class SqliteStore(Store):
     async def list_agents(
         self, page: Page, name: str | None = None, tags: Sequence[str] = (), match_all_tags: bool = False
     ) -> list[Agent]:
-        where: list[str] = []
+        where: list[str] = ["coalesce(json_extract(data, '$.hidden'), 0) = 0"]
         args: list[object] = []
         if name is not None:
             where.append("name = ?")
@@ -168,6 +175,9 @@ class SqliteStore(Store):
     async def delete_agent(self, agent_id: str) -> bool:
         with self._tx() as db:
             gone = db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount
+            db.execute(
+                "DELETE FROM run_events WHERE run_id IN (SELECT id FROM runs WHERE agent_id = ?)", (agent_id,)
+            )
             for table in ("conversations", "messages", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE agent_id = ?", (agent_id,))
             db.execute("DELETE FROM agent_tags WHERE agent_id = ?", (agent_id,))
@@ -178,6 +188,15 @@ class SqliteStore(Store):
         with self._tx() as db:
             return _patch(db, "blocks", Block, block_id, fields)
 
+    async def edit_block(self, block_id: str, edit: Callable[[Block], Mapping[str, Any]]) -> Block | None:
+        # BEGIN IMMEDIATE takes the write lock before the read: no other writer, in this process
+        # or another, can change the block between our read and our write.
+        with self._tx() as db:
+            current = self._one(Block, "SELECT data FROM blocks WHERE id = ?", (block_id,))
+            if current is None:
+                return None
+            return _patch(db, "blocks", Block, block_id, {**edit(current), "updated_at": utcnow()})
+
     async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
         if not block_ids:
             return []
@@ -187,6 +206,74 @@ class SqliteStore(Store):
             for b in self._many(Block, f"SELECT data FROM blocks WHERE id IN ({marks})", list(block_ids))
         }
         return [found[i] for i in block_ids if i in found]
+
+    # --- tools ---------------------------------------------------------------------------------
+    async def upsert_tool(self, tool: Tool) -> Tool:
+        with self._tx() as db:
+            existing = self._one(Tool, "SELECT data FROM tools WHERE name = ?", (tool.name,))
+            if existing is not None:
+                tool = tool.model_copy(update={"id": existing.id, "created_at": existing.created_at})
+                db.execute(
+                    "UPDATE tools SET tool_type = ?, data = ? WHERE id = ?",
+                    (tool.tool_type, tool.model_dump_json(), tool.id),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO tools (id, name, tool_type, data) VALUES (?, ?, ?, ?)",
+                    (tool.id, tool.name, tool.tool_type, tool.model_dump_json()),
+                )
+        return tool
+
+    async def update_tool(self, tool: Tool) -> None:
+        try:
+            self._db.execute(
+                "UPDATE tools SET name = ?, tool_type = ?, data = ? WHERE id = ?",
+                (tool.name, tool.tool_type, tool.model_dump_json(), tool.id),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"name: a tool named {tool.name!r} already exists") from None
+
+    async def get_tools(self, tool_ids: Sequence[str]) -> list[Tool]:
+        return self._by_keys("id", tool_ids)
+
+    async def get_tools_by_name(self, names: Sequence[str]) -> list[Tool]:
+        return self._by_keys("name", names)
+
+    def _by_keys(self, column: str, keys: Sequence[str]) -> list[Tool]:
+        if not keys:
+            return []
+        marks = ",".join("?" * len(keys))
+        rows = self._many(Tool, f"SELECT data FROM tools WHERE {column} IN ({marks})", list(keys))
+        found = {getattr(t, column): t for t in rows}
+        return [found[k] for k in keys if k in found]
+
+    async def list_tools(
+        self,
+        page: Page,
+        names: Sequence[str] = (),
+        tool_types: Sequence[str] = (),
+        exclude_tool_types: Sequence[str] = (),
+        search: str | None = None,
+    ) -> list[Tool]:
+        where: list[str] = []
+        args: list[object] = []
+        for column, values, op in (
+            ("name", names, "IN"),
+            ("tool_type", tool_types, "IN"),
+            ("tool_type", exclude_tool_types, "NOT IN"),
+        ):
+            if values:
+                where.append(f"{column} {op} ({','.join('?' * len(values))})")
+                args.extend(values)
+        if search:
+            where.append("instr(lower(name), lower(?)) > 0")
+            args.append(search)
+        sql, args, reverse = self._relative_page("tools", "data", where, args, page)
+        found = self._many(Tool, sql, args)
+        return found[::-1] if reverse else found
+
+    async def delete_tool(self, tool_id: str) -> bool:
+        return self._db.execute("DELETE FROM tools WHERE id = ?", (tool_id,)).rowcount > 0
 
     # --- conversations -------------------------------------------------------------------------
     async def create_conversation(self, conversation: Conversation) -> bool:
@@ -200,7 +287,8 @@ class SqliteStore(Store):
         return self._one(Conversation, "SELECT data FROM conversations WHERE id = ?", (conversation_id,))
 
     async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]:
-        where: list[str] = ["id != agent_id"]  # not the agents' default conversations
+        # Neither agents' default conversations nor the ephemeral ones of OpenAI responses.
+        where: list[str] = ["id != agent_id", "coalesce(json_extract(data, '$.ephemeral'), 0) = 0"]
         args: list[object] = []
         if agent_id is not None:
             where.append("agent_id = ?")
@@ -219,6 +307,10 @@ class SqliteStore(Store):
         with self._tx() as db:
             gone = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
+            db.execute(
+                "DELETE FROM run_events WHERE run_id IN (SELECT id FROM runs WHERE conversation_id = ?)",
+                (conversation_id,),
+            )
             db.execute("DELETE FROM runs WHERE conversation_id = ?", (conversation_id,))
         return gone > 0
 
@@ -245,6 +337,9 @@ class SqliteStore(Store):
     async def replace_message(self, message: Message) -> None:
         self._db.execute("UPDATE messages SET data = ? WHERE id = ?", (_message_json(message), message.id))
 
+    async def delete_messages(self, message_ids: Sequence[str]) -> None:
+        self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids])
+
     async def get_messages(self, message_ids: Sequence[str]) -> list[Message]:
         if not message_ids:
             return []
@@ -262,6 +357,25 @@ class SqliteStore(Store):
 
     async def list_agent_messages(self, agent_id: str, page: Page) -> list[Message]:
         return self._message_page("agent_id", agent_id, page)
+
+    async def search_messages(
+        self, agent_id: str, query: str, roles: Sequence[str], limit: int
+    ) -> list[Message]:
+        # The JSON text narrows the candidates cheaply; the parsed text decides.
+        needle = query.lower()
+        found: list[Message] = []
+        rows = self._messages(
+            "SELECT pos, data FROM messages WHERE agent_id = ? AND instr(lower(data), ?) > 0 "
+            "ORDER BY pos DESC LIMIT ?",
+            (agent_id, needle, limit * 8),
+        )
+        for message in rows:
+            text = message.text() or "".join(getattr(p, "content", "") for p in message.parts)
+            if message.role in roles and needle in text.lower():
+                found.append(message)
+                if len(found) == limit:
+                    break
+        return found
 
     async def list_run_messages(self, run_id: str, page: Page) -> list[Message]:
         return self._message_page("run_id", run_id, page)
@@ -304,6 +418,18 @@ class SqliteStore(Store):
             "UPDATE runs SET status = ?, data = ? WHERE id = ?",
             (run.status.value, run.model_dump_json(), run.id),
         )
+
+    async def delete_run(self, run_id: str) -> bool:
+        with self._tx() as db:
+            db.execute("DELETE FROM run_events WHERE run_id = ?", (run_id,))
+            return db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
+
+    async def save_run_events(self, run_id: str, events: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO run_events (run_id, data) VALUES (?, ?)", (run_id, events))
+
+    async def get_run_events(self, run_id: str) -> bytes | None:
+        row = self._db.execute("SELECT data FROM run_events WHERE run_id = ?", (run_id,)).fetchone()
+        return bytes(row[0]) if row else None
 
     async def get_run(self, run_id: str) -> Run | None:
         return self._one(Run, "SELECT data FROM runs WHERE id = ?", (run_id,))

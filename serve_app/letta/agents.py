@@ -19,6 +19,7 @@ from serve_app.services import Services, ServicesDep
 
 from . import render
 from .schemas import CreateAgent, CreateBlock, UpdateAgent
+from .tools import resolve_tools
 
 router = APIRouter()
 
@@ -96,12 +97,11 @@ async def _existing_blocks(services: Services, block_ids: list[str]) -> list[Blo
     return found
 
 
-def _reject_tools(tool_ids: list[str] | None, tools: list[str] | None) -> None:
-    # No tools are registered on this server yet, so any reference to one is to an unknown tool.
-    if tool_ids:
-        raise NotFound(f"tool_ids: Tool {tool_ids[0]} not found")
-    if tools:
-        raise NotFound(f"tools: Tool {tools[0]!r} not found")
+async def agent_view(services: Services, agent: Agent, blocks: list[Block] | None = None) -> dict[str, Any]:
+    """The AgentState of ``agent`` with its blocks and tools as stored now."""
+    if blocks is None:
+        blocks = await services.store.get_blocks(agent.block_ids)
+    return render.agent_state(agent, blocks, await services.store.get_tools(agent.tool_ids))
 
 
 async def load_agent(services: Services, agent_id: str) -> tuple[Agent, list[Block]]:
@@ -114,7 +114,8 @@ async def load_agent(services: Services, agent_id: str) -> tuple[Agent, list[Blo
 
 @collection(router, "POST", "/v1/agents")
 async def create_agent(body: CreateAgent, services: ServicesDep) -> dict[str, Any]:
-    _reject_tools(body.tool_ids, body.tools)
+    base_for = (body.agent_type or "letta_v1_agent") if body.include_base_tools else None
+    tool_ids = await resolve_tools(services, body.tool_ids, body.tools, base_for)
     llm_config = _llm_config(
         services, body.llm_config, body.model, body.context_window_limit, body.max_tokens
     )
@@ -137,6 +138,7 @@ async def create_agent(body: CreateAgent, services: ServicesDep) -> dict[str, An
         "embedding_config": embedding_config,
         "model_settings": body.model_settings,
         "block_ids": [b.id for b in blocks],
+        "tool_ids": tool_ids,
     }
     if body.agent_type:
         fields["agent_type"] = body.agent_type
@@ -146,7 +148,7 @@ async def create_agent(body: CreateAgent, services: ServicesDep) -> dict[str, An
         fields["timezone"] = body.timezone
     agent = Agent(**fields)
     await services.store.create_agent(agent, new_blocks)
-    return render.agent_state(agent, blocks)
+    return await agent_view(services, agent, blocks)
 
 
 @collection(router, "GET", "/v1/agents")
@@ -163,20 +165,19 @@ async def list_agents(
     agents = await services.store.list_agents(
         Page(limit=limit, order=order, after=after, before=before), name, tags or (), match_all_tags
     )
-    return [render.agent_state(a, await services.store.get_blocks(a.block_ids)) for a in agents]
+    return [await agent_view(services, a) for a in agents]
 
 
 @router.get("/v1/agents/{agent_id}")
 async def retrieve_agent(agent_id: str, services: ServicesDep) -> dict[str, Any]:
     agent, blocks = await load_agent(services, agent_id)
-    return render.agent_state(agent, blocks)
+    return await agent_view(services, agent, blocks)
 
 
 @router.patch("/v1/agents/{agent_id}")
 async def update_agent(agent_id: str, body: UpdateAgent, services: ServicesDep) -> dict[str, Any]:
     agent, _ = await load_agent(services, agent_id)
     given = body.model_fields_set
-    _reject_tools(body.tool_ids, None)
     changes: dict[str, Any] = {
         name: getattr(body, name)
         for name in ("name", "system", "description", "metadata", "model_settings", "timezone")
@@ -203,11 +204,13 @@ async def update_agent(agent_id: str, body: UpdateAgent, services: ServicesDep) 
     if "embedding_config" in given or "embedding" in given:
         changes["embedding_config"] = _embedding_config(body.embedding_config, body.embedding)
         changes["embedding"] = changes["embedding_config"].handle if changes["embedding_config"] else None
+    if "tool_ids" in given:
+        changes["tool_ids"] = await resolve_tools(services, body.tool_ids, None, None)
     if "block_ids" in given:
         changes["block_ids"] = [b.id for b in await _existing_blocks(services, body.block_ids or [])]
     updated = agent.model_copy(update={**changes, "updated_at": utcnow()})
     await services.store.update_agent(updated)
-    return render.agent_state(updated, await services.store.get_blocks(updated.block_ids))
+    return await agent_view(services, updated)
 
 
 @router.delete("/v1/agents/{agent_id}")

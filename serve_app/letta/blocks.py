@@ -14,7 +14,7 @@ from runtime import ids
 from runtime.agent import Block
 from runtime.clock import utcnow
 from runtime.errors import NotFound, ValidationFailed
-from serve_app.routing import require_id
+from serve_app.routing import relative_window, require_id
 from serve_app.services import Services, ServicesDep
 
 from . import render
@@ -55,16 +55,7 @@ async def list_agent_blocks(
 ) -> list[dict[str, Any]]:
     """Cursors are relative to the order; a page past the end is empty (the SDK pages until then)."""
     _, blocks = await load_agent(services, agent_id)
-    ordered = blocks if order == "asc" else blocks[::-1]
-    ids_in_order = [b.id for b in ordered]
-    start, stop = 0, len(ordered)
-    if after is not None:
-        start = ids_in_order.index(after) + 1 if after in ids_in_order else len(ordered)
-    if before is not None and before in ids_in_order:
-        stop = ids_in_order.index(before)
-    window = ordered[start:stop]
-    window = window[-limit:] if before is not None and after is None else window[:limit]
-    return [render.block(b) for b in window]
+    return [render.block(b) for b in relative_window(blocks, lambda b: b.id, after, before, limit, order)]
 
 
 @router.get("/v1/agents/{agent_id}/core-memory/blocks/{block_label}")

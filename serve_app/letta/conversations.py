@@ -66,6 +66,7 @@ async def create_conversation(
     if body.model:
         split_handle(body.model, compatible=services.settings.compatible_providers)
     conversation = Conversation(
+        id=services.directory.reserve_conversation_id(),
         agent_id=agent.id,
         summary=body.summary,
         description=body.description,

@@ -18,6 +18,7 @@ from runtime.conversation import Conversation
 from runtime.events import Delta, Done, MessageDone, Ping, RunEvent, RunStarted, Stopped
 from runtime.message import Message, ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
 from runtime.run import Run, Usage
+from runtime.tools.tool import Tool
 from serve_app import sse
 
 
@@ -50,7 +51,30 @@ def block(b: Block) -> dict[str, Any]:
     }
 
 
-def agent_state(agent: Agent, blocks: Sequence[Block]) -> dict[str, Any]:
+def tool(t: Tool) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "tool_type": t.tool_type,
+        "source_type": t.source_type,
+        "source_code": t.source_code,
+        "json_schema": t.json_schema,
+        "args_json_schema": t.args_json_schema,
+        "tags": t.tags,
+        "return_char_limit": t.return_char_limit,
+        "pip_requirements": t.pip_requirements,
+        "npm_requirements": t.npm_requirements,
+        "default_requires_approval": t.default_requires_approval,
+        "enable_parallel_execution": t.enable_parallel_execution,
+        "metadata_": t.metadata,
+        "created_by_id": None,
+        "last_updated_by_id": None,
+        "project_id": None,
+    }
+
+
+def agent_state(agent: Agent, blocks: Sequence[Block], tools: Sequence[Tool] = ()) -> dict[str, Any]:
     rendered_blocks = [block(b) for b in blocks]
     return {
         "id": agent.id,
@@ -73,8 +97,8 @@ def agent_state(agent: Agent, blocks: Sequence[Block]) -> dict[str, Any]:
             "prompt_template": None,
         },
         "blocks": rendered_blocks,
-        "tools": [],
-        "tool_ids": agent.tool_ids,
+        "tools": [tool(t) for t in tools],
+        "tool_ids": [t.id for t in tools],
         "sources": [],
         "tool_rules": [],
         "message_ids": [],

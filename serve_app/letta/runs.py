@@ -6,8 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from actors.directory import Stream
 from runtime import ids
 from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
+from runtime.events import decode_batch
 from runtime.run import Run, RunStatus
 from runtime.store import Page
 from serve_app.routing import collection, require_cursors, require_id
@@ -103,7 +105,14 @@ async def stream_run(
         raise InvalidArgument("Run was not created in background mode, so it cannot be retrieved.")
     if run.conversation_id is None:
         raise NotFound(f"Run {run_id} has no stream")
-    stream = await services.directory.open_stream(run.conversation_id, "follow", run.id, body.starting_after)
+    stored = await services.store.get_run_events(run.id) if run.status.terminal else None
+    if stored is not None:
+        # A finished run replays from the store, here: no need to wake its conversation's actor.
+        stream = Stream([e for e in decode_batch(stored) if e.seq > body.starting_after], None)
+    else:
+        stream = await services.directory.open_stream(
+            run.conversation_id, "follow", run.id, body.starting_after
+        )
     return sse_response(
         stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
     )

@@ -160,3 +160,24 @@ class UpdateBlock(_Body):
     metadata: dict[str, Any] | None = None
     hidden: bool | None = None
     tags: list[str] | None = None
+
+
+class ToolFields(_Body):
+    """The fields a tool create, upsert or update may carry (all optional on update)."""
+
+    source_code: str | None = None
+    json_schema: dict[str, Any] | None = None
+    args_json_schema: dict[str, Any] | None = None
+    description: str | None = None
+    tags: list[str] | None = None
+    source_type: str | None = None
+    return_char_limit: int | None = Field(default=None, gt=0)
+    pip_requirements: list[dict[str, Any]] | None = None
+    npm_requirements: list[dict[str, Any]] | None = None
+    default_requires_approval: bool | None = None
+    enable_parallel_execution: bool | None = None
+    metadata: dict[str, Any] | None = Field(default=None, alias="metadata_")
+
+
+class CreateTool(ToolFields):
+    source_code: str = Field(min_length=1)  # type: ignore[assignment]

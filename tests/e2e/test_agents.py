@@ -31,7 +31,9 @@ def test_create_returns_full_agent_state(client, agent):
     assert [b.label for b in agent.memory.blocks] == [b.label for b in agent.blocks]
     assert agent.agent_type == "letta_v1_agent"
     assert agent.system
-    assert agent.tools == []
+    # Base tools by default (letta_v1_agent): search and the two memory editors.
+    assert sorted(t.name for t in agent.tools) == ["conversation_search", "memory_insert", "memory_replace"]
+    assert {t.tool_type for t in agent.tools} == {"letta_core", "letta_memory_core"}
 
 
 def test_custom_system_prompt(client):

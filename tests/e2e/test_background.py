@@ -38,6 +38,19 @@ def test_background_run_survives_its_reader_and_replays(client, conversation):
     assert [c.message_type for c in rest] == ["assistant_message", "stop_reason", "usage_statistics"]
 
 
+def test_finished_background_run_replays_from_the_store(client, conversation, server):
+    # A finished run's stream is read from the store by the replica itself: it needs no live
+    # conversation actor, so it outlives passivation, a restart, or the node the actor was on.
+    stream = client.conversations.messages.create(conversation.id, input="count to 3", background=True)
+    live = list(stream)
+    run_id = live[0].run_id
+    replay = list(client.runs.messages.stream(run_id, starting_after=0))
+    assert [c.message_type for c in replay] == [c.message_type for c in live]
+    assert assistant_text(replay) == "1 2 3"
+    tail = list(client.runs.messages.stream(run_id, starting_after=1))
+    assert [c.message_type for c in tail] == ["assistant_message", "stop_reason", "usage_statistics"]
+
+
 def test_two_readers_follow_one_live_run(client, conversation):
     stream = client.conversations.messages.create(conversation.id, input=SLOW, background=True)
     ping = next(iter(stream))

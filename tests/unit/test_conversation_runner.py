@@ -15,11 +15,14 @@ from runtime.conversation import Conversation
 from runtime.conversation_runner import INTERRUPTED, ConversationRunner
 from runtime.errors import ConversationBusy, InvalidArgument, NotFound
 from runtime.events import Delta, MessageDone, RunEvent, RunStarted, Stopped
-from runtime.message import ReasoningPart, TextPart, ToolCallPart
+from runtime.message import ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
 from runtime.providers.base import ModelDelta, ModelRequest, ModelResponse, ProviderError
 from runtime.run import Run, RunStatus, StopReason
 from runtime.store import Page
 from runtime.store.sqlite import SqliteStore
+from runtime.tools import built_in
+from runtime.tools.sandbox import ToolOutcome
+from runtime.tools.tool import Tool
 from runtime.turn import InputMessage, TurnRequest
 
 pytestmark = pytest.mark.timeout(10)
@@ -652,7 +655,10 @@ def test_usage_accumulates_over_steps(store: SqliteStore) -> None:
         events = await collect(runner.send(request(max_steps=3)))
         stopped = only(events, Stopped)
         assert stopped.stop_reason is StopReason.max_steps
-        assert len([e for e in events if isinstance(e, MessageDone)]) == 3
+        done = [e.message for e in events if isinstance(e, MessageDone)]
+        # Each step: the model's call, then the (failed: no such tool) result it gets back.
+        assert [m.role for m in done] == ["assistant", "tool"] * 3
+        assert all(m.parts[0].status == "error" for m in done if m.role == "tool")
         usage = stopped.usage
         assert (usage.step_count, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
             3,
@@ -678,5 +684,144 @@ def test_usage_is_per_run(store: SqliteStore) -> None:
         second = only(await collect(runner.send(request())), Stopped).usage
         assert (first.total_tokens, first.step_count) == (13, 1)
         assert (second.total_tokens, second.step_count) == (24, 1)
+
+    run(main())
+
+
+# --- tools ----------------------------------------------------------------------------------------
+class RecordingToolRunner:
+    """Stands in for the Ray task runner: answers from a function, records the calls."""
+
+    def __init__(self, answer: Any = "6") -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def run(self, tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
+        self.calls.append((tool.name, arguments))
+        if isinstance(self.answer, ToolOutcome):
+            return self.answer
+        return ToolOutcome(status="success", content=str(self.answer), stdout=["rolled\n"])
+
+
+ROLL_DICE = Tool(
+    name="roll_dice",
+    source_code="def roll_dice(num_sides: int) -> int:\n    return 6\n",
+    json_schema={
+        "name": "roll_dice",
+        "description": "Roll a die.",
+        "parameters": {"type": "object", "properties": {"num_sides": {"type": "integer"}}},
+    },
+)
+
+
+def call_turn(name: str, arguments: str, text: str = "") -> ModelResponse:
+    parts: list[Any] = [TextPart(text=text)] if text else []
+    parts.append(ToolCallPart(id=f"call_{name}", name=name, arguments=arguments))
+    return ModelResponse(parts=parts, prompt_tokens=4, completion_tokens=2, finish="tool_calls")
+
+
+async def attach(store: SqliteStore, world: World, *tools: Tool) -> None:
+    stored = [await store.upsert_tool(t) for t in tools]
+    world.agent.tool_ids = [t.id for t in stored]
+    await store.update_agent(world.agent)
+
+
+def test_tool_call_runs_and_the_loop_continues(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(
+            Step(response=call_turn("roll_dice", '{"num_sides": 16}', "Rolling.")), Step(reply("You got 6."))
+        )
+        tools = RecordingToolRunner()
+        runner, world = await make_runner(store, provider, tool_runner=tools)
+        await attach(store, world, ROLL_DICE)
+        events = await collect(runner.send(request("roll a die")))
+        done = [e.message for e in events if isinstance(e, MessageDone)]
+        assert [m.role for m in done] == ["assistant", "tool", "assistant"]
+        assert tools.calls == [("roll_dice", {"num_sides": 16})]
+        returned = done[1].parts[0]
+        assert isinstance(returned, ToolReturnPart)
+        assert (returned.tool_call_id, returned.content, returned.status) == (
+            "call_roll_dice",
+            "6",
+            "success",
+        )
+        assert returned.stdout == ["rolled\n"]
+        assert done[0].step_id == done[1].step_id != done[2].step_id
+        assert only(events, Stopped).stop_reason is StopReason.end_turn
+        assert only(events, Stopped).usage.step_count == 2
+        # The model was offered the tool, and saw its result on the second call.
+        assert [t.name for t in provider.requests[0].tools] == ["roll_dice"]
+        assert provider.requests[1].messages[-1].role == "tool"
+        stored = await store.list_messages(world.conversation.id, Page(order="asc"))
+        assert [m.role for m in stored] == ["system", "user", "assistant", "tool", "assistant"]
+
+    run(main())
+
+
+def test_tool_errors_reach_the_model_not_the_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        failing = ToolOutcome(status="error", content="ValueError: no dice", stderr=["Traceback ...\n"])
+        provider = ScriptedProvider(
+            Step(response=call_turn("roll_dice", "{not json")),
+            Step(response=call_turn("missing_tool", "{}")),
+            Step(response=call_turn("roll_dice", "{}")),
+            Step(reply("Sorry.")),
+        )
+        runner, world = await make_runner(store, provider, tool_runner=RecordingToolRunner(failing))
+        await attach(store, world, ROLL_DICE)
+        events = await collect(runner.send(request("roll")))
+        returns = [
+            e.message.parts[0] for e in events if isinstance(e, MessageDone) and e.message.role == "tool"
+        ]
+        assert [r.status for r in returns] == ["error", "error", "error"]
+        assert "not valid JSON" in returns[0].content
+        assert "no tool named 'missing_tool'" in returns[1].content
+        assert returns[2].content == "ValueError: no dice" and returns[2].stderr == ["Traceback ...\n"]
+        assert only(events, Stopped).stop_reason is StopReason.end_turn
+        assert runner.active is None
+
+    run(main())
+
+
+def test_memory_tool_edits_the_block_and_the_next_prompt(store: SqliteStore) -> None:
+    async def main() -> None:
+        insert = call_turn("memory_insert", '{"label": "human", "new_string": "Likes tea."}')
+        provider = ScriptedProvider(Step(response=insert), Step(reply("Noted.")))
+        runner, world = await make_runner(store, provider)
+        await attach(store, world, *built_in.definitions())
+        events = await collect(runner.send(request("I like tea")))
+        returned = [
+            e.message.parts[0] for e in events if isinstance(e, MessageDone) and e.message.role == "tool"
+        ]
+        assert returned[0].status == "success", returned
+        [human] = [b for b in await store.get_blocks(world.agent.block_ids) if b.label == "human"]
+        assert human.value == "The user is Ada.\nLikes tea."
+        assert "Likes tea." not in provider.requests[0].system
+        assert "Likes tea." in provider.requests[1].system
+
+    run(main())
+
+
+def test_cancel_during_a_tool_call_ends_the_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        class HangingRunner:
+            entered = asyncio.Event()
+
+            async def run(self, tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
+                self.entered.set()
+                await asyncio.sleep(60)
+                raise AssertionError("not reached")
+
+        provider = ScriptedProvider(Step(response=call_turn("roll_dice", "{}")))
+        hanging = HangingRunner()
+        runner, world = await make_runner(store, provider, tool_runner=hanging)
+        await attach(store, world, ROLL_DICE)
+        stream = runner.send(request("roll", background=True))
+        await started(stream)
+        await asyncio.wait_for(hanging.entered.wait(), 2)
+        assert await runner.cancel() != []
+        rest = await collect(stream)
+        assert only(rest, Stopped).stop_reason is StopReason.cancelled
+        assert runner.active is None
 
     run(main())

@@ -431,6 +431,18 @@ def test_status_directive(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
         ant.messages.create(model="c", max_tokens=10, messages=[user("[[status=529]] hi")], stream=True)
 
 
+def test_fail_first_directive_is_transient(oai: openai.OpenAI) -> None:
+    prompt = "[[fail_first=2]] [[status=429]] say unique-7f3a"
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError):
+            oai.chat.completions.create(model="m", messages=[user(prompt)])
+    third = oai.chat.completions.create(model="m", messages=[user(prompt)])
+    assert third.choices[0].message.content == "unique-7f3a"
+    with pytest.raises(openai.InternalServerError) as overloaded:  # 503 when no status is given
+        oai.chat.completions.create(model="m", messages=[user("[[fail_first=1]] say other-91b2")])
+    assert overloaded.value.status_code == 503
+
+
 def test_cut_directive_ends_stream_early(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
     pieces: list[str] = []
     with pytest.raises(openai.APIConnectionError):

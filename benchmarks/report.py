@@ -1,0 +1,324 @@
+"""Writing a run's results: ``results.json``, ``results.md`` and PNG plots (matplotlib, optional)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Get = Callable[[dict[str, Any]], Any]
+
+
+def write_json(result: dict[str, Any], out: Path) -> Path:
+    path = out / "results.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
+
+
+# --- Markdown -------------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _path(obj: dict[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _errors(summary: dict[str, Any] | None) -> str:
+    errors = (summary or {}).get("errors") or {}
+    if not errors:
+        return "0"
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(errors.items()))
+
+
+def _level_key(point: dict[str, Any]) -> str:
+    for key in ("concurrency", "conversations", "live_conversations"):
+        if key in point:
+            return key
+    return "level"
+
+
+def _columns(scenario: str, mode: str, targets: list[str]) -> list[tuple[str, Get]]:
+    def p(target: str, *keys: str) -> Get:
+        return lambda point: _path(point, "targets", target, *keys)
+
+    cols: list[tuple[str, Get]] = []
+    if scenario == "churn":
+        cols.append(("conversations/s", p("parley", "conversations_per_s")))
+        cols.append(("first turn p50 / p99 ms", lambda pt: _pair(pt, "first_turn_ms")))
+        cols.append(("create p50 ms", p("parley", "create_ms", "p50")))
+    cols += [
+        ("turns/s", p("parley", "turns_per_s")),
+        ("p50 ms", p("parley", "latency_ms", "p50")),
+        ("p99 ms", p("parley", "latency_ms", "p99")),
+        ("max ms", p("parley", "latency_ms", "max")),
+    ]
+    if mode == "stream":
+        cols.append(("TTFB p50 / p99 ms", lambda pt: _pair(pt, "ttfb_ms")))
+    if scenario == "scale":
+        cols += [
+            ("ideal turns/s", lambda pt: pt.get("ideal_turns_per_s")),
+            ("x ideal", lambda pt: _ratio(_path(pt, "ratio", "vs_ideal"))),
+            ("added p99 ms", p("parley", "added_latency_ms", "p99")),
+        ]
+    if scenario == "contention":
+        cols.append(("pairs ok / violations", lambda pt: _pairs(pt)))
+        cols.append(("409 p50 ms", p("parley", "conflict_ms", "p50")))
+    cols.append(("errors", lambda pt: _errors(_path(pt, "targets", "parley"))))
+    rate = "conversations_per_s" if scenario == "churn" else "turns_per_s"
+    prefix = "conversations_" if scenario == "churn" else ""
+    for base in ("direct", "proxy"):
+        if base in targets:
+            cols.append((f"{base} {'conv' if scenario == 'churn' else 'turns'}/s", p(base, rate)))
+            cols.append((f"x {base}", lambda pt, b=base: _ratio(_path(pt, "ratio", f"{prefix}vs_{b}"))))
+    if scenario == "churn":
+        cols.append(("CPU ms/conversation", p("parley", "cpu", "target_ms_per_conversation")))
+    cols += [
+        ("CPU ms/turn", p("parley", "cpu", "target_ms_per_turn")),
+        ("peak RSS / PSS MiB", lambda pt: _mem(pt)),
+        ("loadgen cores", p("parley", "cpu", "loadgen_cores")),
+        ("other CPU s", p("parley", "cpu", "other_s")),
+    ]
+    return cols
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _pair(point: dict[str, Any], key: str) -> str:
+    dist = _path(point, "targets", "parley", key)
+    if not dist:
+        return "-"
+    return f"{_fmt(dist.get('p50'))} / {_fmt(dist.get('p99'))}"
+
+
+def _mem(point: dict[str, Any]) -> str:
+    memory = _path(point, "targets", "parley", "memory_peak_mib")
+    if not memory:
+        return "-"
+    return f"{_fmt(memory.get('rss'), 0)} / {_fmt(memory.get('pss'), 0)}"
+
+
+def _pairs(point: dict[str, Any]) -> str:
+    pairs = _path(point, "targets", "parley", "pairs") or {}
+    return f"{pairs.get('one_ok_one_409', 0)} / {pairs.get('violations', 0)}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    scenario = result["scenario"]
+    setup = result["setup"]
+    commit = result.get("commit") or {}
+    machine = result["machine"]
+    lines = [
+        f"# parley bench {scenario}",
+        "",
+        f"- command: `{result['command']}`",
+        f"- commit: `{commit.get('commit', '?')}`{' (with local changes)' if commit.get('dirty') else ''}",
+        f"- machine: {machine['hostname']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB, "
+        f"{machine['platform']}, Python {machine['python']}; load average at start "
+        f"{machine['load_average']}, at end {result.get('load_average_end')}",
+        f"- started {result['started_at']}, took {result['duration_s']:.0f} s",
+        f"- server: {setup['server_url']} ({'started by the tool' if setup['managed'] else 'given by --url'})"
+        + (f", up after {setup['server_start_s']:.1f} s" if setup.get("server_start_s") else ""),
+        f"- fake provider: latency {setup['fake']['latency_s']} s, token delay {setup['fake']['token_delay_s']} s;"
+        " one turn called directly: "
+        + ", ".join(f"{m} {_fmt(v)} ms" for m, v in (setup.get("provider_turn_ms") or {}).items()),
+        f"- repeats: {result['config'].get('repeats')} (medians below; errors are summed)",
+        "",
+    ]
+    targets = setup["targets"]
+    points = result.get("points") or []
+    for mode in dict.fromkeys(p["mode"] for p in points):
+        mode_points = [p for p in points if p["mode"] == mode]
+        key = _level_key(mode_points[0])
+        cols = _columns(scenario, mode, targets)
+        kind = "SSE" if mode == "stream" else "streaming: false"
+        heading = f"first turns of new conversations ({kind})" if scenario == "memory" else f"{mode} ({kind})"
+        lines.append(f"## {heading}")
+        lines.append("")
+        lines.append("| " + " | ".join([key.replace("_", " "), *(c for c, _ in cols)]) + " |")
+        lines.append("|" + "---|" * (len(cols) + 1))
+        for point in mode_points:
+            cells = [_fmt(point.get(key))] + [_fmt(get(point)) for _, get in cols]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if scenario == "contention" and result.get("pairs"):
+        pairs = result["pairs"]
+        lines += [
+            f"Pairs: {pairs['total']}; exactly one 200 and one 409: {pairs['one_ok_one_409']}; "
+            f"both 200: {pairs['both_ok']}; both 409: {pairs['both_409']}; other: {pairs['other']}; "
+            f"**violations: {pairs['violations']}** (first send held {result.get('hold_s')} s by the provider).",
+            "",
+        ]
+    if scenario == "memory" and result.get("memory"):
+        lines += _memory_md(result["memory"])
+    lines += [
+        "Columns: CPU ms/turn is the whole server process tree's user+system CPU over the run divided by",
+        "the OK turns; peak RSS / PSS is of that tree, sampled during the run; loadgen cores is this",
+        "tool's own CPU; other CPU s is what the rest of the machine used meanwhile (machine busy minus",
+        "server tree, fake provider, proxy and load generator): a large value marks a disturbed run.",
+        "",
+    ]
+    if result.get("warnings"):
+        lines += ["## Warnings", "", *(f"- {w}" for w in result["warnings"]), ""]
+    return "\n".join(lines)
+
+
+def _memory_md(memory: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Memory of the server's process tree (idle passivation after {memory['idle_seconds']:.0f} s)",
+        "",
+        "| point | live conversations | actor processes | tree processes | RSS MiB | PSS MiB | USS MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in memory["samples"]:
+        tree = s["tree_mib"]
+        lines.append(
+            f"| {s['label']} | {s['live_conversations']} | {s['actor_processes']} | {s['tree_processes']} | "
+            f"{_fmt(tree['rss_mib'], 0)} | {_fmt(tree['pss_mib'], 0)} | {_fmt(tree['uss_mib'], 0)} |"
+        )
+    per = memory.get("per_conversation_mib") or {}
+    if per:
+        lines += [
+            "",
+            f"Per live conversation (full - empty, / {memory['conversations']}): "
+            f"RSS {_fmt(per.get('rss_mib'))} MiB, PSS {_fmt(per.get('pss_mib'))} MiB, "
+            f"USS {_fmt(per.get('uss_mib'))} MiB.",
+        ]
+        actor = per.get("actor_process")
+        if actor:
+            lines.append(
+                f"One conversation actor process: RSS {_fmt(actor['rss_mib'])}, PSS {_fmt(actor['pss_mib'])}, "
+                f"USS {_fmt(actor['uss_mib'])} MiB."
+            )
+    back = memory.get("returned_after_passivation_mib")
+    if back:
+        lines.append(
+            f"Returned by passivation (after {memory['passivation_wait_s']:.0f} s): "
+            f"PSS {_fmt(back['pss_mib'])} MiB, RSS {_fmt(back['rss_mib'])} MiB."
+        )
+    lines.append("")
+    return lines
+
+
+def write_markdown(result: dict[str, Any], out: Path) -> Path:
+    path = out / "results.md"
+    path.write_text(markdown(result))
+    return path
+
+
+# --- plots ----------------------------------------------------------------------------------------
+STYLE = {"parley": "tab:blue", "proxy": "tab:orange", "direct": "tab:green"}
+
+
+def write_plots(result: dict[str, Any], out: Path) -> tuple[list[Path], str | None]:
+    """PNG files written, and why none were (matplotlib missing), if so."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "matplotlib is not installed (pip install 'parley[bench]'): no plots"
+    written: list[Path] = []
+    scenario = result["scenario"]
+    points = result.get("points") or []
+    title = f"parley bench {scenario}"
+    if points and scenario in ("overhead", "scale", "churn"):
+        key = _level_key(points[0])
+        levels = sorted({p[key] for p in points})
+        modes = list(dict.fromkeys(p["mode"] for p in points))
+        rate = "conversations_per_s" if scenario == "churn" else "turns_per_s"
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for mode, line in (("json", "-"), ("stream", "--")):
+            mode_points = [p for p in points if p["mode"] == mode]
+            if not mode_points:
+                continue
+            xs = [p[key] for p in mode_points]
+            for target, color in STYLE.items():
+                ys = [_path(p, "targets", target, rate) for p in mode_points]
+                if any(y is not None for y in ys):
+                    ax.plot(xs, ys, line, marker="o", color=color, label=f"{target} {mode}")
+            if scenario == "scale":
+                ax.plot(
+                    xs, [p.get("ideal_turns_per_s") for p in mode_points], ":", color="grey", label="ideal"
+                )
+        _axes(ax, key, rate.replace("_per_s", "/s"), levels)
+        ax.set_title(f"{title}: throughput")
+        written.append(_save(fig, plt, out / "throughput.png"))
+
+        fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+        for ax, mode in zip(axes[0], modes, strict=True):
+            mode_points = [p for p in points if p["mode"] == mode]
+            xs = [p[key] for p in mode_points]
+            for target, color in STYLE.items():
+                for q, line in (("p50", "-"), ("p99", "--")):
+                    ys = [_path(p, "targets", target, "latency_ms", q) for p in mode_points]
+                    if any(y is not None for y in ys):
+                        ax.plot(xs, ys, line, marker="o", color=color, label=f"{target} {q}")
+            _axes(ax, key, "turn latency (ms)", levels, ys_log=True)
+            ax.set_title(f"{mode}: latency p50 (solid), p99 (dashed)", fontsize=10)
+        fig.suptitle(f"{title}: latency percentiles")
+        written.append(_save(fig, plt, out / "latency.png"))
+    memory = result.get("memory")
+    if memory:
+        samples = memory["samples"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        live = [s for s in samples if s["label"] != "passivated"]
+        for kind, color in (("rss_mib", "tab:red"), ("pss_mib", "tab:blue"), ("uss_mib", "tab:green")):
+            ax.plot(
+                [s["live_conversations"] for s in live],
+                [s["tree_mib"][kind] for s in live],
+                "-o",
+                color=color,
+                label=kind.split("_")[0].upper(),
+            )
+            for s in samples:
+                if s["label"] == "passivated":
+                    ax.plot([0], [s["tree_mib"][kind]], "x", color=color, markersize=10)
+        ax.plot([], [], "x", color="black", label="after passivation")
+        _axes(
+            ax,
+            "live conversations",
+            "server process tree (MiB)",
+            sorted({s["live_conversations"] for s in live}),
+        )
+        ax.set_title(f"{title}: memory vs live conversations")
+        written.append(_save(fig, plt, out / "memory.png"))
+    return written, None
+
+
+def _axes(ax: Any, xlabel: str, ylabel: str, levels: list[Any], ys_log: bool = False) -> None:
+    ax.set_xlabel(xlabel.replace("_", " "))
+    ax.set_ylabel(ylabel)
+    if len(levels) > 2 and levels[0] > 0 and levels[-1] / levels[0] >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(x) for x in levels])
+    ax.minorticks_off()
+    if ys_log:
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

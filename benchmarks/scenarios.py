@@ -1,0 +1,756 @@
+"""The scenarios: what each one sends, in which order, and how its records are put together.
+
+A *run* is one bounded phase against one target (``parley``, ``proxy`` or ``direct``) in one
+mode (``json`` or ``stream``); a *point* is one load level (a concurrency, a number of
+conversations) with every target's runs and their medians over ``--repeats``. Within a repeat the
+targets take turns, so a disturbance of the machine spreads over all of them rather than one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .load import (
+    Clients,
+    DirectTarget,
+    LettaTarget,
+    PhaseOutcome,
+    Target,
+    TurnResult,
+    make_client,
+    send_turn,
+    sequential_turns,
+    turn_text,
+)
+from .measure import median, memory_of, percentile
+from .progress import Progress
+from .rig import Meter, Rig
+
+TARGETS = ("parley", "proxy", "direct")
+
+
+# --- numbers --------------------------------------------------------------------------------------
+def distribution(seconds: Iterable[float | None]) -> dict[str, float] | None:
+    """p50/p90/p99/max/mean in milliseconds, or None for no values."""
+    values = [v for v in seconds if v is not None]
+    if not values:
+        return None
+    return {
+        "p50": median(values) * 1e3,
+        "p90": percentile(values, 90) * 1e3,
+        "p99": percentile(values, 99) * 1e3,
+        "max": max(values) * 1e3,
+        "mean": statistics.fmean(values) * 1e3,
+        "n": len(values),
+    }
+
+
+SUMMED = ("errors", "errors_total", "turns_ok", "turns_requested")
+
+
+def _merge(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if all(isinstance(v, dict) for v in present):
+        keys = dict.fromkeys(k for v in present for k in v)
+        return {k: _merge([v.get(k) for v in present]) for k in keys}
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return statistics.median(present)
+    return present[0]
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats of every number in the runs; counts (turns, errors) are summed."""
+    summary = _merge([{k: v for k, v in run.items() if k not in SUMMED} for run in runs]) or {}
+    errors: Counter[str] = Counter()
+    for run in runs:
+        errors.update(run.get("errors") or {})
+    summary.pop("repeat", None)
+    summary["repeats"] = len(runs)
+    summary["turns_ok"] = sum(run.get("turns_ok", 0) for run in runs)
+    summary["turns_requested"] = sum(run.get("turns_requested", 0) for run in runs)
+    summary["errors"] = dict(errors)
+    summary["errors_total"] = sum(errors.values())
+    summary["stopped_by"] = "time" if any(run.get("stopped_by") == "time" for run in runs) else "count"
+    return summary
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return a / b
+
+
+# --- the shared machinery -------------------------------------------------------------------------
+@dataclass
+class Context:
+    """Everything a scenario needs: the processes, its options, the progress bar and the log."""
+
+    rig: Rig
+    args: Any
+    progress: Progress
+    warnings: list[str] = field(default_factory=list)
+    deadline: float = 0.0  # time.monotonic() after which no new phase starts
+    agent_id: str | None = None
+    provider_turn_ms: dict[str, float | None] = field(default_factory=dict)  # by mode
+    clients: dict[str, Clients] = field(default_factory=dict)
+    targets: dict[str, Target] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)  # parley conversations, deleted at the end
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        self.progress.note(f"warning: {text}")
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def base_url(self, target: str) -> str:
+        if target == "parley":
+            return self.rig.url
+        if target == "proxy":
+            assert self.rig.proxy is not None
+            return self.rig.proxy.url
+        assert self.rig.fake is not None
+        return self.rig.fake.url
+
+    async def open(self, targets: list[str]) -> None:
+        a = self.args
+        for name in targets:
+            self.clients[name] = Clients(self.base_url(name), a.timeout)
+        if "parley" in targets:
+            response = await self.clients["parley"].get().post("/v1/agents/", json={"model": a.model})
+            response.raise_for_status()
+            self.agent_id = response.json()["id"]
+            self.targets["parley"] = LettaTarget("parley", self.agent_id)
+        if "proxy" in targets:
+            self.targets["proxy"] = LettaTarget("proxy")
+        if "direct" in targets:
+            self.targets["direct"] = DirectTarget()
+
+    async def close(self) -> None:
+        clients = self.clients.get("parley")
+        if clients is not None:
+            try:
+                await self.delete_conversations(self.created)
+                if self.agent_id:
+                    await clients.get().delete(f"/v1/agents/{self.agent_id}")
+            except httpx.HTTPError as exc:
+                self.warn(f"cleanup on the server failed: {type(exc).__name__}: {exc}")
+        for clients in self.clients.values():
+            await clients.aclose()
+
+    async def delete_conversations(self, ids: list[str]) -> None:
+        clients = self.clients.get("parley")
+        if clients is None or not ids:
+            return
+        gate = asyncio.Semaphore(8)
+
+        async def delete(slot: int, cid: str) -> None:
+            async with gate:
+                try:
+                    await clients.get(slot).delete(f"/v1/conversations/{cid}")
+                except httpx.HTTPError:
+                    pass
+
+        await asyncio.gather(*(delete(slot, cid) for slot, cid in enumerate(ids)))
+        gone = set(ids)
+        self.created = [c for c in self.created if c not in gone]
+
+    async def new_conversations(self, target: str, n: int) -> list[str]:
+        clients, tgt = self.clients[target], self.targets[target]
+        gate = asyncio.Semaphore(8)
+
+        async def one(slot: int) -> str:
+            async with gate:
+                for attempt in range(3):
+                    try:
+                        return await tgt.new_conversation(clients.get(slot))
+                    except httpx.HTTPError as exc:
+                        if attempt == 2:
+                            raise
+                        self.warn(f"{target}: creating a conversation failed ({exc}); retrying")
+                        await asyncio.sleep(0.5)
+                raise AssertionError("unreachable")
+
+        ids = list(await asyncio.gather(*(one(slot) for slot in range(n))))
+        if target == "parley":
+            self.created.extend(ids)
+        return ids
+
+    async def warm(self, target: str, ids: list[str], parallel: int = 8) -> None:
+        """One unmeasured turn per conversation: activates Parley's actors, opens connections."""
+        if not ids:
+            return
+        self.progress.phase(f"{target}: activating {len(ids)} conversation(s)")
+        self.progress.add(len(ids))
+        clients, tgt = self.clients[target], self.targets[target]
+        gate = asyncio.Semaphore(parallel)
+        failures: Counter[str] = Counter()
+
+        async def one(slot: int, cid: str) -> None:
+            async with gate:
+                text, expected = turn_text(0, self.args.reply_words)
+                result = await send_turn(clients.get(slot), tgt, cid, text, expected, stream=False)
+                self.progress.advance()
+                if result.error:
+                    failures[result.error] += 1
+
+        await asyncio.gather(*(one(slot, cid) for slot, cid in enumerate(ids)))
+        if failures:
+            self.warn(f"{target}: warm-up turns failed: {dict(failures)}")
+
+    async def settle(self, max_seconds: float) -> float:
+        return await asyncio.to_thread(self.rig.settle, max_seconds)
+
+    async def probe_provider(self) -> None:
+        """The fake provider's own time for one turn of this shape in each mode (sequential,
+        median of 5): what an ideal server would add nothing to."""
+        fake = make_client(self.base_url("direct"), 2, self.args.timeout)
+        try:
+            for mode in self.args.modes:
+                times = []
+                for i in range(5):
+                    text, expected = turn_text(i, self.args.reply_words)
+                    result = await send_turn(fake, DirectTarget(), "probe", text, expected, mode == "stream")
+                    if result.ok:
+                        times.append(result.latency)
+                self.provider_turn_ms[mode] = median(times) * 1e3 if times else None
+        finally:
+            await fake.aclose()
+
+    async def measured(
+        self,
+        target: str,
+        mode: str,
+        level: dict[str, Any],
+        repeat: int,
+        requested: int,
+        body: Callable[[Callable[[TurnResult], None]], Any],
+        finish: Callable[[dict[str, Any], PhaseOutcome], None] | None = None,
+    ) -> dict[str, Any] | None:
+        """Run ``body`` (a coroutine factory returning a PhaseOutcome) under the meters; ``finish``
+        adds a scenario's own fields to the record."""
+        if self.out_of_time():
+            self.warn(f"time budget spent: skipped {target} {mode} {level} repeat {repeat + 1}")
+            return None
+        label = " ".join(f"{k}={v}" for k, v in level.items())
+        self.progress.phase(f"{target} {mode} {label} #{repeat + 1}")
+
+        def on_turn(_: TurnResult) -> None:
+            self.progress.advance()
+
+        with Meter(self.rig, target, self.args.sample_interval) as meter:
+            outcome: PhaseOutcome = await body(on_turn)
+        record = run_record(target, mode, level, repeat, requested, outcome, meter)
+        if finish:
+            finish(record, outcome)
+        provider = self.provider_turn_ms.get(mode)
+        if provider is not None and record["latency_ms"]:
+            record["added_latency_ms"] = {
+                q: record["latency_ms"][q] - provider for q in ("p50", "p99", "max")
+            }
+        loadgen = record["cpu"]["loadgen_cores"]
+        if loadgen is not None and loadgen > 0.85 and record["wall_s"] >= 2.0:
+            self.warn(
+                f"{target} {mode} {label}: the load generator used {loadgen:.2f} cores; "
+                "it may be the bottleneck of this run"
+            )
+        return record
+
+
+def run_record(
+    target: str,
+    mode: str,
+    level: dict[str, Any],
+    repeat: int,
+    requested: int,
+    outcome: PhaseOutcome,
+    meter: Meter,
+) -> dict[str, Any]:
+    ok = outcome.ok
+    wall = outcome.wall or meter.wall
+    record: dict[str, Any] = {
+        "target": target,
+        "mode": mode,
+        **level,
+        "repeat": repeat,
+        "turns_requested": requested,
+        "turns_ok": len(ok),
+        "errors": outcome.errors(),
+        "errors_total": sum(outcome.errors().values()),
+        "stopped_by": outcome.stopped_by,
+        "wall_s": wall,
+        "turns_per_s": len(ok) / wall if wall else None,
+        "latency_ms": distribution(r.latency for r in ok),
+        "ttfb_ms": distribution(r.ttfb for r in ok) if mode == "stream" else None,
+        "first_token_ms": distribution(r.first_token for r in ok) if mode == "stream" else None,
+    }
+    record.update(meter.report(len(ok), target))
+    return record
+
+
+def make_point(level: dict[str, Any], mode: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    targets = {name: summarize(rs) for name, rs in runs.items() if rs}
+    parley = (targets.get("parley") or {}).get("turns_per_s")
+    point: dict[str, Any] = {
+        **level,
+        "mode": mode,
+        "targets": targets,
+        "ratio": {
+            "vs_direct": ratio(parley, (targets.get("direct") or {}).get("turns_per_s")),
+            "vs_proxy": ratio(parley, (targets.get("proxy") or {}).get("turns_per_s")),
+        },
+        "runs": runs,
+    }
+    return point
+
+
+def split_evenly(total: int, parts: int) -> int:
+    return max(1, -(-total // parts))
+
+
+# --- 1. overhead / 2. scale: concurrent conversations sending sequential turns ------------------
+async def concurrency_sweep(
+    ctx: Context, levels: list[int], level_key: str, turns_each: Callable[[int], int]
+) -> list[dict[str, Any]]:
+    """For each level N (ascending): N conversations per target, each sending ``turns_each(N)``
+    sequential turns, every mode, every repeat. Conversations are reused from level to level,
+    but a Parley conversation that a phase would take past ``--history`` turns is first replaced
+    by a fresh one (activated outside the measured window): a conversation's whole history is
+    the model's context, so Parley's cost per turn grows with it."""
+    a = ctx.args
+    targets = a.targets
+    conversations: dict[str, list[str]] = {t: [] for t in targets}
+    used: list[int] = []  # turns each Parley conversation has had
+    points = []
+    ctx.progress.add(sum(turns_each(n) * n for n in levels) * len(targets) * len(a.modes) * a.repeats)
+    for n in levels:
+        if ctx.out_of_time():
+            ctx.warn(f"time budget spent: skipped {level_key}={n}")
+            continue
+        for t in targets:
+            fresh = await ctx.new_conversations(t, n - len(conversations[t]))
+            await ctx.warm(t, fresh)
+            conversations[t].extend(fresh)
+        used.extend([1] * (n - len(used)))
+        await ctx.settle(a.settle_between)
+        per = turns_each(n)
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {(m, t): [] for m in a.modes for t in targets}
+        for repeat in range(a.repeats):
+            for mode in a.modes:
+                for t in targets:
+                    if t == "parley":
+                        await _refresh(ctx, conversations[t], used, n, per)
+                    ids = conversations[t][:n]
+                    clients, tgt = ctx.clients[t], ctx.targets[t]
+
+                    def body(on_turn, clients=clients, tgt=tgt, ids=ids, mode=mode, per=per):
+                        return sequential_turns(
+                            clients,
+                            tgt,
+                            ids,
+                            per,
+                            stream=mode == "stream",
+                            max_seconds=a.max_seconds,
+                            reply_words=a.reply_words,
+                            on_turn=on_turn,
+                        )
+
+                    record = await ctx.measured(t, mode, {level_key: n}, repeat, per * n, body)
+                    if record:
+                        runs[(mode, t)].append(record)
+                    if t == "parley":
+                        for i in range(n):
+                            used[i] += per
+        for mode in a.modes:
+            point = make_point({level_key: n}, mode, {t: runs[(mode, t)] for t in targets})
+            provider = ctx.provider_turn_ms.get(mode)
+            if provider:
+                ideal = n / (provider / 1e3)
+                point["ideal_turns_per_s"] = ideal
+                point["ratio"]["vs_ideal"] = ratio(
+                    (point["targets"].get("parley") or {}).get("turns_per_s"), ideal
+                )
+            points.append(point)
+    return points
+
+
+async def _refresh(ctx: Context, conversations: list[str], used: list[int], n: int, per: int) -> None:
+    """Replace the first ``n`` conversations that ``per`` more turns would take past the history
+    cap (unless they are fresh already): delete them, then activate new ones, unmeasured."""
+    stale = [i for i in range(n) if used[i] > 1 and used[i] + per > ctx.args.history]
+    if not stale:
+        return
+    ctx.progress.phase(f"parley: replacing {len(stale)} conversation(s) past {ctx.args.history} turns")
+    await ctx.delete_conversations([conversations[i] for i in stale])
+    fresh = await ctx.new_conversations("parley", len(stale))
+    await ctx.warm("parley", fresh)
+    for i, cid in zip(stale, fresh, strict=True):
+        conversations[i] = cid
+        used[i] = 1
+    await ctx.settle(ctx.args.settle_between)
+
+
+async def overhead(ctx: Context) -> dict[str, Any]:
+    a = ctx.args
+    points = await concurrency_sweep(ctx, a.concurrency, "concurrency", lambda c: split_evenly(a.turns, c))
+    for point in points:  # at zero latency an "ideal" throughput means nothing
+        point.pop("ideal_turns_per_s", None)
+        point["ratio"].pop("vs_ideal", None)
+    return {"points": points}
+
+
+async def scale(ctx: Context) -> dict[str, Any]:
+    a = ctx.args
+    points = await concurrency_sweep(
+        ctx, a.conversations, "conversations", lambda n: a.turns_per_conversation
+    )
+    return {"points": points}
+
+
+# --- 3. churn: new conversations, one or two turns each ------------------------------------------
+async def churn(ctx: Context) -> dict[str, Any]:
+    a = ctx.args
+    targets = a.targets
+    per_level = a.conversations * (a.turns_each + 1)
+    ctx.progress.add(per_level * len(a.concurrency) * len(targets) * a.repeats)
+    points = []
+    for c in a.concurrency:
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+        for repeat in range(a.repeats):
+            for t in targets:
+                created: list[str] = []
+
+                def body(on_turn, t=t, c=c, created=created):
+                    return _churn_phase(ctx, t, c, created, on_turn)
+
+                record = await ctx.measured(
+                    t, a.mode, {"concurrency": c}, repeat, a.conversations * a.turns_each, body, _churn_fields
+                )
+                if record is None:
+                    continue
+                runs[t].append(record)
+                if t == "parley":  # untimed: stop this repeat's actors before the next phase
+                    ctx.progress.phase(f"parley: deleting {len(created)} conversation(s)")
+                    await ctx.delete_conversations(created)
+                    await ctx.settle(a.settle_between)
+        point = make_point({"concurrency": c}, a.mode, runs)
+        for name, summary in point["targets"].items():
+            summary["conversations_per_s"] = median([r["conversations_per_s"] for r in runs[name]])
+        parley = (point["targets"].get("parley") or {}).get("conversations_per_s")
+        point["ratio"]["conversations_vs_direct"] = ratio(
+            parley, (point["targets"].get("direct") or {}).get("conversations_per_s")
+        )
+        point["ratio"]["conversations_vs_proxy"] = ratio(
+            parley, (point["targets"].get("proxy") or {}).get("conversations_per_s")
+        )
+        points.append(point)
+    return {"points": points}
+
+
+@dataclass
+class ChurnOutcome(PhaseOutcome):
+    created_ok: int = 0
+    create_times: list[float] = field(default_factory=list)
+    first_turns: list[TurnResult] = field(default_factory=list)
+    later_turns: list[TurnResult] = field(default_factory=list)
+    conversations_done: int = 0  # created and every turn answered
+
+
+async def _churn_phase(
+    ctx: Context, target: str, concurrency: int, created: list[str], on_turn: Callable[[TurnResult], None]
+) -> PhaseOutcome:
+    a = ctx.args
+    clients, tgt = ctx.clients[target], ctx.targets[target]
+    outcome = ChurnOutcome()
+    deadline = time.monotonic() + a.max_seconds
+    next_index = iter(range(a.conversations))
+    stream = a.mode == "stream"
+
+    async def worker(slot: int) -> None:
+        client = clients.get(slot)
+        for _ in next_index:
+            if time.monotonic() > deadline:
+                outcome.stopped_by = "time"
+                return
+            began = time.perf_counter()
+            try:
+                cid = await tgt.new_conversation(client)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                kind = (
+                    f"create_http_{exc.response.status_code}"
+                    if isinstance(exc, httpx.HTTPStatusError)
+                    else f"create_{type(exc).__name__}"
+                )
+                outcome.results.append(TurnResult(False, time.perf_counter() - began, kind))
+                on_turn(outcome.results[-1])
+                continue
+            outcome.create_times.append(time.perf_counter() - began)
+            outcome.created_ok += 1
+            if target == "parley":
+                created.append(cid)
+                ctx.created.append(cid)
+            on_turn(TurnResult(True, 0.0))
+            all_ok = True
+            for i in range(1, a.turns_each + 1):
+                text, expected = turn_text(i, a.reply_words)
+                result = await send_turn(client, tgt, cid, text, expected, stream)
+                outcome.results.append(result)
+                (outcome.first_turns if i == 1 else outcome.later_turns).append(result)
+                on_turn(result)
+                if not result.ok:
+                    all_ok = False
+                    break
+            if all_ok:
+                outcome.conversations_done += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
+    outcome.wall = time.perf_counter() - began
+    return outcome
+
+
+def _churn_fields(record: dict[str, Any], outcome: PhaseOutcome) -> None:
+    assert isinstance(outcome, ChurnOutcome)
+    wall = outcome.wall
+    record["conversations_ok"] = outcome.conversations_done
+    record["conversations_per_s"] = outcome.conversations_done / wall if wall else None
+    record["create_ms"] = distribution(outcome.create_times)
+    record["first_turn_ms"] = distribution(r.latency for r in outcome.first_turns if r.ok)
+    record["later_turn_ms"] = distribution(r.latency for r in outcome.later_turns if r.ok)
+    target_s = record["cpu"]["target_s"]
+    done = outcome.conversations_done
+    record["cpu"]["target_ms_per_conversation"] = (
+        target_s / done * 1e3 if target_s is not None and done else None
+    )
+
+
+# --- 4. contention: pairs of overlapping sends to one conversation ------------------------------
+async def contention(ctx: Context) -> dict[str, Any]:
+    a = ctx.args
+    ids = await ctx.new_conversations("parley", a.concurrency)
+    await ctx.warm("parley", ids)
+    await ctx.settle(a.settle_between)
+    ctx.progress.add(2 * a.pairs * len(a.modes) * a.repeats)
+    points = []
+    totals: Counter[str] = Counter()
+    for mode in a.modes:
+        runs: list[dict[str, Any]] = []
+        for repeat in range(a.repeats):
+            pairs: Counter[str] = Counter()
+            conflict: list[float] = []
+
+            def body(on_turn, mode=mode, pairs=pairs, conflict=conflict):
+                return _pairs(ctx, ids, mode == "stream", pairs, conflict, on_turn)
+
+            record = await ctx.measured(
+                "parley", mode, {"concurrency": a.concurrency}, repeat, 2 * a.pairs, body
+            )
+            if record is None:
+                continue
+            record["pairs"] = {"total": sum(pairs.values()), **_pair_counts(pairs)}
+            record["conflict_ms"] = distribution(conflict)
+            totals.update(pairs)
+            runs.append(record)
+        point = make_point({"concurrency": a.concurrency}, mode, {"parley": runs})
+        summary = point["targets"].get("parley")
+        if summary is not None:
+            counted: Counter[str] = Counter()
+            for run in runs:
+                counted.update({k: v for k, v in run["pairs"].items() if k != "total"})
+            summary["pairs"] = {"total": sum(counted.values()), **_pair_counts(counted)}
+        points.append(point)
+    pairs_total = {"total": sum(totals.values()), **_pair_counts(totals)}
+    if pairs_total["violations"]:
+        ctx.warn(f"contention: {pairs_total['violations']} pair(s) did not give exactly one 200 and one 409")
+    return {"points": points, "pairs": pairs_total, "hold_s": a.hold}
+
+
+def _pair_counts(pairs: Counter[str]) -> dict[str, int]:
+    counts = {k: pairs.get(k, 0) for k in ("one_ok_one_409", "both_ok", "both_409", "other")}
+    counts["violations"] = counts["both_ok"] + counts["both_409"] + counts["other"]
+    return counts
+
+
+async def _pairs(
+    ctx: Context,
+    ids: list[str],
+    stream: bool,
+    pairs: Counter[str],
+    conflict: list[float],
+    on_turn: Callable[[TurnResult], None],
+) -> PhaseOutcome:
+    """``--pairs`` pairs, ``len(ids)`` at a time, each pair on its own conversation; the expected
+    409 of a correct pair is not counted as an error."""
+    a = ctx.args
+    clients, tgt = ctx.clients["parley"], ctx.targets["parley"]
+    outcome = PhaseOutcome()
+    deadline = time.monotonic() + a.max_seconds
+    next_pair = iter(range(a.pairs))
+
+    async def worker(slot: int, cid: str) -> None:
+        client = clients.get(slot)
+        for p in next_pair:
+            if time.monotonic() > deadline:
+                outcome.stopped_by = "time"
+                return
+            text, expected = turn_text(p, a.reply_words, prefix=f"[[latency={a.hold}]] ")
+            both = await asyncio.gather(
+                send_turn(client, tgt, cid, text, expected, stream),
+                send_turn(client, tgt, cid, text, expected, stream),
+            )
+            for result in both:
+                on_turn(result)
+            kinds = sorted("ok" if r.ok else (r.error or "?") for r in both)
+            if kinds == ["http_409", "ok"]:
+                pairs["one_ok_one_409"] += 1
+                loser = next(r for r in both if not r.ok)
+                conflict.append(loser.latency)
+                outcome.results.append(next(r for r in both if r.ok))
+                continue
+            pairs[
+                "both_ok" if kinds == ["ok", "ok"] else "both_409" if kinds == ["http_409"] * 2 else "other"
+            ] += 1
+            outcome.results.extend(both)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(slot, cid) for slot, cid in enumerate(ids)))
+    outcome.wall = time.perf_counter() - began
+    return outcome
+
+
+# --- 5. memory: the server's tree per live conversation, then after passivation -----------------
+async def memory(ctx: Context) -> dict[str, Any]:
+    a = ctx.args
+    rig = ctx.rig
+    n = a.conversations
+    half = n // 2
+    samples: list[dict[str, Any]] = []
+
+    def sample(label: str, live: int) -> dict[str, Any]:
+        actors = rig.server.conversation_actor_processes() if rig.server else []
+        tree = memory_of(rig.server_tree())
+        entry = {
+            "label": label,
+            "live_conversations": live,
+            "actor_processes": len(actors),
+            "tree_processes": len(rig.server_tree()),
+            "tree_mib": vars(tree),
+            "actors_mib": vars(memory_of(actors)) if actors else None,
+        }
+        samples.append(entry)
+        ctx.progress.note(
+            f"memory {label}: {live} live conversation(s), {len(actors)} actor process(es), "
+            f"tree PSS {tree.pss_mib:.0f} MiB, RSS {tree.rss_mib:.0f} MiB"
+        )
+        return entry
+
+    ctx.progress.add(n)
+    ids = await ctx.new_conversations("parley", n)
+    await ctx.settle(a.settle_between)
+    sample("empty", 0)
+    points = []
+    for label, batch in (("half", ids[:half]), ("full", ids[half:])):
+        if not batch:
+            continue
+        clients, tgt = ctx.clients["parley"], ctx.targets["parley"]
+
+        def body(on_turn, batch=batch, clients=clients, tgt=tgt):
+            return _activate(clients, tgt, batch, a.concurrency, a.reply_words, on_turn)
+
+        live = len(ids[:half]) + (len(batch) if label == "full" else 0)
+        record = await ctx.measured("parley", a.mode, {"live_conversations": live}, 0, len(batch), body)
+        if record is not None:
+            points.append(make_point({"live_conversations": live}, a.mode, {"parley": [record]}))
+        await ctx.settle(a.settle_between)
+        sample(label, live)
+
+    # Passivation: every actor idles out after PARLEY_CONVERSATION_IDLE_SECONDS.
+    ctx.progress.phase(f"waiting for passivation (idle {a.idle_seconds:.0f} s)")
+    # Actor processes that belong to no conversation yet (a warm pool's spares) stay.
+    baseline = samples[0]["actor_processes"]
+    began = time.monotonic()
+    limit = a.idle_seconds + a.passivation_timeout
+    while time.monotonic() - began < limit:
+        if rig.server and len(rig.server.conversation_actor_processes()) <= baseline:
+            break
+        await asyncio.sleep(1.0)
+    waited = time.monotonic() - began
+    await ctx.settle(a.settle_between)
+    after = sample("passivated", 0)
+    if after["actor_processes"] > baseline:
+        ctx.warn(
+            f"memory: {after['actor_processes']} actor process(es) alive after {waited:.0f} s "
+            f"(with no live conversation: {baseline})"
+        )
+
+    by_label = {s["label"]: s for s in samples}
+    per_conversation = {}
+    if "full" in by_label and n:
+        full, empty = by_label["full"], by_label["empty"]
+        per_conversation = {
+            k: (full["tree_mib"][k] - empty["tree_mib"][k]) / n for k in ("rss_mib", "pss_mib", "uss_mib")
+        }
+        if full["actors_mib"] and full["actor_processes"]:
+            per_conversation["actor_process"] = {
+                k: v / full["actor_processes"] for k, v in full["actors_mib"].items()
+            }
+    return {
+        "points": points,
+        "memory": {
+            "conversations": n,
+            "idle_seconds": a.idle_seconds,
+            "samples": samples,
+            "per_conversation_mib": per_conversation,
+            "passivation_wait_s": waited,
+            "returned_after_passivation_mib": {
+                k: by_label["full"]["tree_mib"][k] - after["tree_mib"][k]
+                for k in ("rss_mib", "pss_mib", "uss_mib")
+            }
+            if "full" in by_label
+            else None,
+        },
+    }
+
+
+async def _activate(
+    clients: Clients,
+    target: Target,
+    ids: list[str],
+    parallel: int,
+    reply_words: int,
+    on_turn: Callable[[TurnResult], None],
+) -> PhaseOutcome:
+    """The first turn of each conversation, ``parallel`` at a time."""
+    outcome = PhaseOutcome()
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(slot: int, cid: str) -> None:
+        async with gate:
+            text, expected = turn_text(1, reply_words)
+            result = await send_turn(clients.get(slot), target, cid, text, expected, stream=False)
+            outcome.results.append(result)
+            on_turn(result)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(slot, cid) for slot, cid in enumerate(ids)))
+    outcome.wall = time.perf_counter() - began
+    return outcome
+
+
+SCENARIOS = {
+    "overhead": overhead,
+    "scale": scale,
+    "churn": churn,
+    "contention": contention,
+    "memory": memory,
+}

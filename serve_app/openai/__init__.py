@@ -1,0 +1,1 @@
+"""The OpenAI Conversations + Responses view of Parley's domain objects (pure, no web framework)."""

@@ -1,0 +1,339 @@
+"""``/openai/v1/responses``: a response is a run of a conversation's actor, seen the OpenAI way.
+
+A response with ``conversation`` runs in that conversation: its items are the context, its input
+and output are appended. Without one, it runs in a hidden conversation of its own, which a later
+``previous_response_id`` continues (or forks, when it would branch). Lookups and validation all
+happen before the first byte, so errors are plain HTTP errors even for ``stream: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict
+
+from actors.directory import Stream
+from runtime.conversation import Conversation
+from runtime.errors import Conflict, NotFound
+from runtime.events import Done, RunEvent, RunStarted
+from runtime.ids import MESSAGE, new_id
+from runtime.message import Message
+from runtime.providers.base import ToolSchema
+from runtime.run import Run, RunStatus
+from runtime.store import Page
+from runtime.turn import TurnRequest
+from serve_app import sse as sse_frames
+from serve_app.services import Services, ServicesDep
+
+from . import ids
+from .conversation_routes import ALL, cursor_page, is_compiled_prompt
+from .home import check_metadata, home_agent, invalid, load_conversation, model_handle
+from .items import items_of, parse_input
+from .responses import response_object
+from .stream import ResponseStream, sse
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CANCEL_WAIT_SECONDS = 5.0
+
+
+class CreateResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: Any = None
+    instructions: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    previous_response_id: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    stream: bool | None = None
+    store: bool | None = None
+    background: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    metadata: Any = None
+    reasoning: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    truncation: str | None = None
+    user: str | None = None
+
+
+def _function_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> list[ToolSchema]:
+    if not tools or tool_choice == "none":
+        return []
+    out = []
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
+            raise invalid(
+                f"Invalid 'tools[{index}].type': {kind!r} tools are not supported; use 'function'.",
+                f"tools[{index}].type",
+            )
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid(f"Missing required parameter: 'tools[{index}].name'.", f"tools[{index}].name")
+        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+        out.append(ToolSchema(name=name, description=tool.get("description") or "", parameters=parameters))
+    return out
+
+
+def _check_ranges(body: CreateResponse) -> None:
+    if body.temperature is not None and not 0 <= body.temperature <= 2:
+        raise invalid(
+            f"Invalid 'temperature': {body.temperature}. Expected a value between 0 and 2.", "temperature"
+        )
+    if body.top_p is not None and not 0 <= body.top_p <= 1:
+        raise invalid(f"Invalid 'top_p': {body.top_p}. Expected a value between 0 and 1.", "top_p")
+    if body.max_output_tokens is not None and body.max_output_tokens < 1:
+        raise invalid(
+            f"Invalid 'max_output_tokens': {body.max_output_tokens}. Expected at least 1.",
+            "max_output_tokens",
+        )
+
+
+# --- where a response runs ------------------------------------------------------------------------
+async def _target(services: Services, body: CreateResponse) -> tuple[Conversation, str | None]:
+    """The conversation to run in, and the one to show on the response (None when hidden)."""
+    if body.conversation is not None and body.previous_response_id is not None:
+        raise invalid(
+            "Invalid value for 'previous_response_id, conversation': previous_response_id and conversation "
+            "are both provided. Provide only one of these parameters.",
+            "previous_response_id",
+        )
+    if body.conversation is not None:
+        given = body.conversation.get("id") if isinstance(body.conversation, dict) else body.conversation
+        if not isinstance(given, str):
+            raise invalid("Invalid 'conversation': expected an id or an object with an 'id'.", "conversation")
+        conversation = await load_conversation(services, given)
+        if body.store is False:
+            # Read the conversation, add nothing to it: run on a copy of its context.
+            return await _fork(services, conversation.id), conversation.id
+        return conversation, conversation.id
+    if body.previous_response_id is None:
+        conversation = Conversation(
+            id=services.directory.reserve_conversation_id(),
+            agent_id=(await home_agent(services)).id,
+            ephemeral=True,
+        )
+        await services.store.create_conversation(conversation)
+        return conversation, None
+    previous = await load_response_run(services, body.previous_response_id)
+    if not previous.status.terminal:
+        raise invalid(
+            f"Invalid 'previous_response_id': response {body.previous_response_id!r} is still in progress.",
+            "previous_response_id",
+        )
+    assert previous.conversation_id is not None
+    hidden = previous.request_config["openai"].get("conversation") is None
+    latest = await services.store.list_runs(Page(limit=1), conversation_id=previous.conversation_id)
+    if hidden and body.store is not False and latest and latest[0].id == previous.id:
+        found = await services.store.get_conversation(previous.conversation_id)
+        if found is not None:
+            return found, None  # the usual chain: continue where the previous response ended
+    return await _fork(services, previous.conversation_id, previous.id), None
+
+
+async def _fork(services: Services, source_id: str, through_run: str | None = None) -> Conversation:
+    """A new ephemeral conversation holding a copy of ``source_id``'s context (up to the end of
+    run ``through_run`` when given): a branch that leaves the original as it was."""
+    source = await services.store.get_conversation(source_id)
+    context = await services.store.get_messages(source.in_context_message_ids) if source else []
+    if through_run is not None:
+        ends = [i for i, m in enumerate(context) if m.run_id == through_run]
+        context = context[: ends[-1] + 1] if ends else context
+    conversation = Conversation(
+        id=services.directory.reserve_conversation_id(),
+        agent_id=(await home_agent(services)).id,
+        ephemeral=True,
+    )
+    copies = [
+        m.model_copy(
+            update={
+                "id": new_id(MESSAGE),
+                "conversation_id": conversation.id,
+                "run_id": None,  # the copies belong to no response: each response lists its own
+                "position": None,
+                "revision": 0,
+            }
+        )
+        for m in context
+        if not is_compiled_prompt(m)  # a Letta conversation's memory prompt; instructions replace it
+    ]
+    conversation.in_context_message_ids = [m.id for m in copies]
+    await services.store.create_conversation(conversation)
+    if copies:
+        await services.store.append_messages(copies)
+    return conversation
+
+
+# --- reading responses ----------------------------------------------------------------------------
+async def load_response_run(services: Services, response_id: str) -> Run:
+    run = await services.store.get_run(ids.from_openai_response(response_id))
+    if (
+        run is None
+        or "openai" not in run.request_config
+        or run.request_config["openai"].get("store") is False
+    ):
+        raise NotFound(f"Response {response_id!r} not found.")
+    return run
+
+
+async def _run_messages(services: Services, run: Run) -> list[Message]:
+    return await services.store.list_run_messages(run.id, Page(limit=ALL, order="asc"))
+
+
+async def response_for(services: Services, run: Run) -> dict[str, Any]:
+    echo = run.request_config["openai"]
+    # Inputs carry no step; everything a step produced is output.
+    output = [m for m in await _run_messages(services, run) if m.step_id is not None]
+    return response_object(
+        run, model=echo["model"], output=output, conversation_id=echo.get("conversation"), request=echo
+    )
+
+
+# --- routes ---------------------------------------------------------------------------------------
+@router.post("/responses", response_model=None)
+async def create_response(
+    body: CreateResponse, services: ServicesDep
+) -> dict[str, Any] | sse_frames.EventStreamResponse:
+    if body.input is None:
+        raise invalid("Missing required parameter: 'input'.", "input")
+    inputs = parse_input(body.input)
+    handle = model_handle(services, body.model)
+    metadata = check_metadata(body.metadata)
+    _check_ranges(body)
+    client_tools = _function_tools(body.tools, body.tool_choice)
+    conversation, shown = await _target(services, body)
+    echo = {
+        **body.model_dump(exclude={"input", "conversation", "stream"}),
+        "model": body.model or handle,
+        "metadata": metadata,
+        "store": body.store is not False,
+        "background": bool(body.background),
+        "conversation": shown,
+    }
+    turn = TurnRequest(
+        messages=inputs,
+        model=handle,
+        instructions=body.instructions or "",
+        client_tools=client_tools,
+        max_tokens=body.max_output_tokens,
+        temperature=body.temperature,
+        stream_tokens=bool(body.stream),
+        background=bool(body.background),
+        request_config={"openai": echo},
+        run_metadata={"run_type": "openai_response"},
+    )
+    stream = await services.directory.open_stream(conversation.id, "send", turn)
+    run_id = next(e.run_id for e in stream.first if isinstance(e, RunStarted))
+    if body.stream:
+        body_iter = _events(services, stream, run_id)
+        heartbeat = services.settings.heartbeat_seconds
+        return sse_frames.EventStreamResponse(
+            sse_frames.with_heartbeat(body_iter, heartbeat) if heartbeat > 0 else body_iter
+        )
+    if body.background:
+        stream.close()  # a background response outlives this request; poll or cancel it
+    else:
+        await _drain(stream)
+    run = await services.store.get_run(run_id)
+    if run is None:
+        raise NotFound(f"Response {ids.to_openai_response(run_id)!r} not found.")
+    return await response_for(services, run)
+
+
+async def _drain(stream: Stream) -> None:
+    try:
+        if not any(isinstance(e, Done) for e in stream.first):
+            async for batch in stream.rest():
+                if any(isinstance(e, Done) for e in batch):
+                    break
+    finally:
+        stream.close()
+
+
+async def _batches(stream: Stream) -> AsyncIterator[list[RunEvent]]:
+    """The run's event batches up to and including ``Done``."""
+    yield stream.first
+    if any(isinstance(e, Done) for e in stream.first):
+        return
+    async for batch in stream.rest():
+        yield batch
+        if any(isinstance(e, Done) for e in batch):
+            return
+
+
+async def _events(services: Services, stream: Stream, run_id: str) -> AsyncIterator[bytes]:
+    renderer: ResponseStream | None = None
+    try:
+        run = await services.store.get_run(run_id)
+        assert run is not None, run_id
+        renderer = ResponseStream(await response_for(services, run))
+        for event in renderer.start():
+            yield sse(event)
+        async for batch in _batches(stream):
+            for event in batch:
+                for out in renderer.feed(event):
+                    yield sse(out)
+        final = await services.store.get_run(run_id)
+        assert final is not None, run_id
+        for out in renderer.finish(await response_for(services, final)):
+            yield sse(out)
+    except Exception as exc:  # the run's actor went away mid-stream: say so, then end
+        log.warning("response stream ended by %s: %s", type(exc).__name__, exc)
+        message = f"the stream was interrupted: {type(exc).__name__}"
+        if renderer is not None:
+            yield sse(renderer.error(message))
+    finally:
+        stream.close()
+
+
+@router.get("/responses/{response_id}")
+async def retrieve_response(response_id: str, services: ServicesDep) -> dict[str, Any]:
+    return await response_for(services, await load_response_run(services, response_id))
+
+
+@router.delete("/responses/{response_id}")
+async def delete_response(response_id: str, services: ServicesDep) -> dict[str, Any]:
+    run = await load_response_run(services, response_id)
+    await services.store.delete_run(run.id)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+@router.post("/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, services: ServicesDep) -> dict[str, Any]:
+    run = await load_response_run(services, response_id)
+    if run.status is RunStatus.cancelled:
+        return await response_for(services, run)
+    if not run.background or run.status.terminal:
+        raise Conflict(
+            f"Response {response_id!r} cannot be cancelled: only a background response in progress can."
+        )
+    assert run.conversation_id is not None
+    await services.directory.call(run.conversation_id, "cancel", run.id)
+    deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
+    while not run.status.terminal and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        run = await services.store.get_run(run.id) or run
+    return await response_for(services, run)
+
+
+@router.get("/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    services: ServicesDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+) -> dict[str, Any]:
+    run = await load_response_run(services, response_id)
+    inputs = [m for m in await _run_messages(services, run) if m.step_id is None]
+    return cursor_page([item for m in inputs for item in items_of(m)], after, limit, order)

@@ -1,0 +1,120 @@
+"""Runs -> OpenAI Response objects.
+
+A response is one of our runs seen through the Responses API: its status, usage and error come
+from the run, its output from the messages the run produced, and the rest echoes the request (the
+SDK declares ``tools``, ``tool_choice`` and ``parallel_tool_calls`` non-optional, so they always
+have a value).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from runtime.message import Message
+from runtime.run import Run, RunStatus, StopReason, Usage
+
+from . import ids
+from .items import Item, items_of
+
+_ERROR_CODES = {
+    "llm_rate_limit": "rate_limit_exceeded",
+    "llm_context_length": "context_length_exceeded",
+}
+# Request fields echoed on the response, with the value when the request omits them (or sends null).
+_ECHOED: dict[str, Any] = {
+    "instructions": None,
+    "metadata": {},
+    "temperature": None,
+    "top_p": None,
+    "max_output_tokens": None,
+    "previous_response_id": None,
+    "tools": [],
+    "tool_choice": "auto",
+    "parallel_tool_calls": True,
+    "text": {"format": {"type": "text"}},
+    "truncation": "disabled",
+    "background": False,
+    "reasoning": None,
+    "store": True,
+    "user": None,
+    "service_tier": "default",
+}
+
+
+def unix(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
+def status_of(run: Run) -> str:
+    if not run.status.terminal:
+        return "in_progress"
+    # A run cut off by the token limit counts as failed for Letta; OpenAI calls it incomplete.
+    if run.stop_reason is StopReason.max_tokens_exceeded and run.status is not RunStatus.cancelled:
+        return "incomplete"
+    return run.status.value
+
+
+def usage_of(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        # openai 3.54 declares cache_write_tokens required; we never write a provider cache.
+        "input_tokens_details": {"cached_tokens": usage.cached_input_tokens or 0, "cache_write_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def error_of(run: Run, status: str) -> dict[str, str] | None:
+    """The ``error`` of a failed response; other statuses have none (as on hosted OpenAI)."""
+    if status != "failed":
+        return None
+    error = run.metadata.get("error")
+    if isinstance(error, dict):
+        code = _ERROR_CODES.get(str(error.get("error_type")), "server_error")
+        return {"code": code, "message": str(error.get("message") or "The response failed.")}
+    # Clients read error.message on every failed response: never leave it null.
+    reason = run.stop_reason.value if run.stop_reason else "unknown"
+    return {"code": "server_error", "message": f"The response failed (stop reason: {reason})."}
+
+
+def output_items(messages: Iterable[Message]) -> list[Item]:
+    """The output of a response: every item the run produced, never the input it was given."""
+    return [item for m in messages if m.role not in ("user", "system") for item in items_of(m)]
+
+
+def _echoes(request: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, default in _ECHOED.items():
+        value = request.get(key)
+        out[key] = copy.deepcopy(default) if value is None else value
+    return out
+
+
+def response_object(
+    run: Run,
+    *,
+    model: str,
+    output: list[Message],
+    conversation_id: str | None,
+    request: dict[str, Any],
+) -> dict[str, Any]:
+    status = status_of(run)
+    terminal = status != "in_progress"
+    return {
+        "id": ids.to_openai_response(run.id),
+        "object": "response",
+        "created_at": unix(run.created_at),
+        "completed_at": unix(run.completed_at) if terminal else None,
+        "status": status,
+        "model": model,
+        "output": output_items(output),
+        "usage": usage_of(run.usage) if terminal else None,
+        "error": error_of(run, status),
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "conversation": {"id": ids.to_openai_conversation(conversation_id)} if conversation_id else None,
+        **_echoes(request),
+    }
