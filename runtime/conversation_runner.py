@@ -13,6 +13,7 @@ the moment its stream ends is never refused.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -25,20 +26,19 @@ from .agent_loop import AgentLoop
 from .clock import utcnow
 from .conversation_state import ConversationState
 from .errors import ConversationBusy, InvalidArgument, NotFound
-from .events import Done, RunError, RunEvent, RunStarted, Stopped, decode_batch, encode_batch
+from .events import Done, MessageDone, RunError, RunEvent, RunStarted, Stopped, encode_batch
 from .handles import llm_config_for
 from .inputs import stored_inputs
 from .message import Message
 from .providers.base import Provider
 from .run import Run, RunStatus, StopReason, Usage
-from .run_log import RunLog
+from .run_log import INTERRUPTED, RunLog, closing_stop, load_run_log
 from .store import Page, Store
 from .tools.toolbox import Toolbox, ToolRunner
 from .turn import InputMessage, TurnRequest
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted: the server stopped while this run was in progress"
 RECENT_LOGS = 8  # finished run logs kept for late readers
 
 
@@ -78,26 +78,19 @@ class ConversationRunner:
         self.state: ConversationState | None = None
         self.active: ActiveRun | None = None
         self.readers = 0
+        self._writers: set[asyncio.Task[None]] = set()  # background runs' logs going to the store
         self.last_activity = time.monotonic()
         self._recent: OrderedDict[str, RunLog] = OrderedDict()
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def activate(self) -> None:
-        """Load state and close out runs a previous incarnation left behind (it crashed mid-run)."""
+        """Close out runs a previous incarnation left behind (it crashed mid-run), then load state."""
+        await close_interrupted_runs(self.store, self.conversation_id)
         self.state = await ConversationState.load(self.store, self.conversation_id)
-        stale = await self.store.list_runs(
-            Page(limit=1000), conversation_id=self.conversation_id, statuses=("created", "running")
-        )
-        for run in stale:
-            run.status = RunStatus.failed
-            run.stop_reason = StopReason.error
-            run.completed_at = utcnow()
-            run.metadata = {**run.metadata, "error": INTERRUPTED}
-            await self.store.update_run(run)
 
     @property
     def idle(self) -> bool:
-        return self.active is None and self.readers == 0
+        return self.active is None and self.readers == 0 and not self._writers
 
     @property
     def active_run_id(self) -> str | None:
@@ -105,7 +98,16 @@ class ConversationRunner:
 
     # --- sending ----------------------------------------------------------------------------------
     async def send(self, request: TurnRequest) -> AsyncIterator[list[RunEvent]]:
-        """Start a run and follow its log. Raises ``ConversationBusy`` before yielding anything."""
+        """Start a run and follow its log. Raises ``ConversationBusy`` before yielding anything.
+
+        A send whose ``idempotency_key`` started a run before (a client retrying) follows or
+        replays that run instead, unless it failed: a failed turn left nothing, so it is retried."""
+        if request.idempotency_key is not None:
+            original = await self._sent_before(request.idempotency_key)
+            if original is not None:
+                async for batch in self._replay(original):
+                    yield batch
+                return
         if self.active is not None:
             raise ConversationBusy.for_run(self.active.run.id)
         run = Run(
@@ -115,6 +117,7 @@ class ConversationRunner:
             background=request.background,
             metadata=request.run_metadata,
             request_config=request.request_config,
+            idempotency_key=request.idempotency_key,
         )
         active = self.active = ActiveRun(run, RunLog(run.id), request.background)
         self.readers += 1
@@ -126,7 +129,17 @@ class ConversationRunner:
                 self.active = None
                 raise
             active.log.append(RunStarted(run_id=run.id))
-            active.task = asyncio.create_task(self._drive(active, request, agent, blocks, toolbox))
+            if active.background:
+                self._write_through(active.log)
+            # A run that outlives its request (background, or keyed for a retry) starts in a fresh
+            # context: a host that cancels a departed client's request with its children (Ray
+            # Serve's own proxy) must not count the run's provider calls among them. Not for the
+            # others: they end with their request anyway, and a fresh context costs CPU per call.
+            outlives = active.background or active.run.idempotency_key is not None
+            active.task = asyncio.create_task(
+                self._drive(active, request, agent, blocks, toolbox),
+                context=contextvars.Context() if outlives else None,
+            )
             active.task.add_done_callback(functools.partial(self._on_task_done, active))
             if active.cancel_requested:
                 active.task.cancel()
@@ -136,8 +149,37 @@ class ConversationRunner:
             self.readers -= 1
             self.last_activity = time.monotonic()
             # A foreground run ends with its request: the client left, so stop spending on it.
-            if active.task is not None and not active.task.done() and not active.background:
+            # Unless the send carried an idempotency key: that client may come back for it.
+            keep = active.background or active.run.idempotency_key is not None
+            if active.task is not None and not active.task.done() and not keep:
                 active.task.cancel()
+
+    async def _sent_before(self, key: str) -> Run | None:
+        if self.active is not None and self.active.run.idempotency_key == key:
+            return self.active.run
+        found = await self.store.find_run_by_key(self.conversation_id, key)
+        if self.active is not None and self.active.run.idempotency_key == key:
+            return self.active.run  # the same retry raced in while the store answered
+        if found is None or found.status is RunStatus.failed:
+            return None
+        return found
+
+    async def _replay(self, run: Run) -> AsyncIterator[list[RunEvent]]:
+        """The events of an earlier run: its log when one is at hand, else rebuilt from the
+        messages it stored (a foreground run whose actor has passivated since)."""
+        try:
+            async for batch in self.follow(run.id):
+                yield batch
+            return
+        except NotFound:
+            pass
+        rebuilt = RunLog(run.id)
+        rebuilt.append(RunStarted(run_id=run.id))
+        for message in await self.store.list_run_messages(run.id, Page(limit=10_000)):
+            if message.step_id is not None:  # produced by a step, not the input
+                rebuilt.append(MessageDone(message=message))
+        rebuilt.close(closing_stop(run))
+        yield rebuilt.events()
 
     async def _prepare(self, active: ActiveRun, request: TurnRequest):
         assert self.state is not None, "activate() first"
@@ -233,6 +275,10 @@ class ConversationRunner:
                 usage=active.usage,
                 error=RunError(error_type="internal_error", message=f"{type(exc).__name__}: {exc}"),
             )
+        if active.cancel_requested and stopped.stop_reason is StopReason.error:
+            # The cancel reached a provider call or tool first, which failed of it (a cancelled
+            # Ray task raises its own error): the run was cancelled, not broken.
+            stopped = Stopped(run_id=run.id, stop_reason=StopReason.cancelled, usage=active.usage)
         await self._finish(active, stopped)
 
     def _on_task_done(self, active: ActiveRun, task: asyncio.Task[None]) -> None:
@@ -264,12 +310,22 @@ class ConversationRunner:
         self._remember(active.log)
         active.log.append(stopped)
         active.log.append(Done(run_id=run.id))
-        if active.background:
-            # A background run's stream can be replayed later, from any replica, without its actor.
+
+    def _write_through(self, run_log: RunLog) -> None:
+        """Append a background run's log to the store as it grows, so any replica can replay it,
+        also after this actor is gone. One write at a time: what accumulates meanwhile goes in the
+        next batch, so a fast stream costs few writes."""
+
+        async def write() -> None:
             try:
-                await self.store.save_run_events(run.id, encode_batch(active.log.events()))
+                async for batch in run_log.follow(0):
+                    await self.store.append_run_events(run_log.run_id, encode_batch(batch))
             except Exception:
-                log.exception("could not keep the event log of run %s", run.id)
+                log.exception("could not keep the event log of run %s", run_log.run_id)
+
+        task = asyncio.create_task(write())
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
 
     # --- reading ----------------------------------------------------------------------------------
     async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[RunEvent]]:
@@ -277,10 +333,11 @@ class ConversationRunner:
         try:
             run_log = self._find_log(run_id)
         except NotFound:
-            stored = await self.store.get_run_events(run_id) if run_id else None
+            run = await self.store.get_run(run_id) if run_id else None
+            stored = await load_run_log(self.store, run) if run else None
             if stored is None:
                 raise
-            run_log = RunLog.restored(run_id or "", decode_batch(stored))
+            run_log = stored
         self.readers += 1
         try:
             async for batch in run_log.follow(after, self.keepalive):
@@ -312,8 +369,60 @@ class ConversationRunner:
         active = self.active
         if active is None or (run_id is not None and active.run.id != run_id):
             return []
-        if active.task is None:
-            active.cancel_requested = True  # still storing its input: cancelled as soon as it starts
-        else:
+        active.cancel_requested = True  # still storing its input: cancelled as soon as it starts
+        if active.task is not None:
             active.task.cancel()
         return [active.run.id]
+
+
+# --- runs cut short by a crash --------------------------------------------------------------------
+STALE_BATCH = 500
+
+
+async def close_interrupted_runs(store: Store, conversation_id: str | None = None) -> list[Run]:
+    """End the runs a server stopped in the middle of (a crash, a killed node): those of the
+    conversation, or of the whole store when None, still ``created`` or ``running``.
+
+    Only call it where none of them can still be going on: when a conversation's actor activates
+    (it is the one place its runs run), or when a server starts a Ray of its own (no actor lives).
+    Each becomes ``failed`` with stop reason ``error`` and an error saying it was interrupted. Its
+    turn leaves the model's context, as the turn of a run the provider failed does: the client
+    never got an answer and may send it again. Its messages stay stored and listed. A background
+    run's stored stream gets its end, so a replay finishes instead of waiting forever."""
+    closed: list[Run] = []
+    while True:
+        stale = await store.list_runs(
+            Page(limit=STALE_BATCH),
+            conversation_id=conversation_id,
+            statuses=(RunStatus.created.value, RunStatus.running.value),
+        )
+        for run in stale:
+            await _close_interrupted(store, run)
+        closed += stale
+        if len(stale) < STALE_BATCH:
+            return closed
+
+
+async def _close_interrupted(store: Store, run: Run) -> None:
+    # Each step can be repeated (another crash, right here): the run row, which makes the run be
+    # found again, is the last thing written.
+    if run.conversation_id is not None:
+        produced = {m.id for m in await store.list_run_messages(run.id, Page(limit=10_000))}
+        conversation = await store.get_conversation(run.conversation_id) if produced else None
+        if conversation is not None:
+            kept = [i for i in conversation.in_context_message_ids if i not in produced]
+            if len(kept) < len(conversation.in_context_message_ids):
+                await store.update_conversation(conversation.id, {"in_context_message_ids": kept})
+    run.status = RunStatus.failed
+    run.stop_reason = StopReason.error
+    run.completed_at = utcnow()
+    run.metadata = {**run.metadata, "error": INTERRUPTED}
+    if run.background:
+        # Its stored stream stops where the crash cut it. Even with nothing stored yet, a client may
+        # have its id from the first event (RunStarted, seq 1), so that one is written too.
+        cut = RunLog.from_chunks(run.id, await store.get_run_events(run.id))
+        opening = [cut.append(RunStarted(run_id=run.id))] if not cut.last_seq else []
+        ending = [*opening, *cut.close(closing_stop(run))]
+        if ending:
+            await store.append_run_events(run.id, encode_batch(ending))
+    await store.update_run(run)

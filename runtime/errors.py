@@ -32,6 +32,19 @@ class ValidationFailed(ParleyError):
     code = "VALIDATION_ERROR"
 
 
+class LimitExceeded(ValidationFailed):
+    """A request goes over an input limit (``runtime.limits``); ``param`` names the field."""
+
+    code = "LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.param))
+
+
 class ConversationBusy(ParleyError):
     """Another run holds the conversation: answered with 409 at once, never queued."""
 

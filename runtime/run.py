@@ -73,3 +73,6 @@ class Run(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     ttft_ns: int | None = None
     total_duration_ns: int | None = None
+    # The client's key for this send (Letta: the input's otid or an Idempotency-Key header): a
+    # retried send with it follows or replays this run instead of starting another.
+    idempotency_key: str | None = None

@@ -2,7 +2,8 @@
 
 The request that started a run is only one reader of its log; a resumed stream is another. Seq
 numbers start at 1 and have no gaps, so ``after=N`` means "everything I have not seen yet".
-This is the in-memory log kept by the conversation's live actor.
+This is the in-memory log kept by the conversation's live actor; a background run's log is also
+appended to the store as it grows (``Store.append_run_events``), and ``load_run_log`` reads it back.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from .events import Done, Ping, RunEvent
+from .events import Done, Ping, RunError, RunEvent, Stopped, decode_batch
+from .run import Run, StopReason
+from .store import Store
+
+INTERRUPTED = "interrupted: the server stopped while this run was in progress"
 
 
 class RunLog:
@@ -20,11 +25,18 @@ class RunLog:
         self._grown = asyncio.Event()
 
     @classmethod
-    def restored(cls, run_id: str, events: list[RunEvent]) -> RunLog:
-        """A finished log read back from the store (its events keep their seq numbers)."""
+    def from_chunks(cls, run_id: str, chunks: list[bytes]) -> RunLog:
+        """A log read back from the store's batches (its events keep their seq numbers)."""
         log = cls(run_id)
-        log._events = list(events)
+        for chunk in chunks:
+            log._events.extend(decode_batch(chunk))
         return log
+
+    def close(self, stopped: Stopped) -> list[RunEvent]:
+        """End a log its writer never finished (its actor died): the events appended, if any."""
+        if self.finished:
+            return []
+        return [self.append(stopped), self.append(Done(run_id=self.run_id))]
 
     def events(self) -> list[RunEvent]:
         return list(self._events)
@@ -86,3 +98,27 @@ class RunLog:
                 await asyncio.wait_for(self._grown.wait(), remaining)
             except TimeoutError:
                 return
+
+
+def closing_stop(run: Run) -> Stopped:
+    """How a run whose log was cut short ends: as the store recorded it, else interrupted."""
+    reason = run.stop_reason if run.status.terminal and run.stop_reason else StopReason.error
+    error = None
+    if reason is StopReason.error:
+        recorded = run.metadata.get("error")
+        error = (
+            RunError.model_validate(recorded)
+            if isinstance(recorded, dict)
+            else RunError(error_type="internal_error", message=INTERRUPTED)
+        )
+    return Stopped(run_id=run.id, stop_reason=reason, usage=run.usage, error=error)
+
+
+async def load_run_log(store: Store, run: Run) -> RunLog | None:
+    """A background run's stored log, ended by ``closing_stop`` if cut short; None if none is stored."""
+    chunks = await store.get_run_events(run.id)
+    if not chunks:
+        return None
+    log = RunLog.from_chunks(run.id, chunks)
+    log.close(closing_stop(run))
+    return log

@@ -75,12 +75,25 @@ class Settings(BaseModel):
     min_replicas: int = 1
     max_replicas: int = 1
     target_ongoing_requests: float = 200.0
+    # Provider calls: retries of 408/409/429/5xx, timeouts and connection failures while nothing of
+    # the call has reached the client yet; the wait is the provider's retry-after up to
+    # provider_max_retry_after_seconds (asking for more fails the call), else backoff from
+    # provider_backoff_seconds. The timeout is the longest silence of the provider: before its
+    # answer starts, and between two reads of a stream.
     provider_max_retries: int = 2
     provider_timeout_seconds: float = 300.0
+    provider_backoff_seconds: float = 0.5
+    provider_max_retry_after_seconds: float = 60.0
     # The model of an OpenAI-surface response that names none; a bare model name means openai/<name>.
     openai_default_model: str = "openai/gpt-4o-mini"
     tool_timeout_seconds: float = 60.0  # a tool call still running after this is killed
     tool_cpus: float = 1.0  # Ray CPUs one running tool call holds (bounds concurrent tool processes)
+    # Input limits (runtime.limits): text per input message, messages per request, a tool's source
+    # code, and a whole request body (413 beyond it).
+    max_message_bytes: int = Field(default=1_048_576, gt=0)
+    max_messages_per_request: int = Field(default=1000, gt=0)
+    max_tool_source_bytes: int = Field(default=262_144, gt=0)
+    max_request_bytes: int = Field(default=33_554_432, gt=0)
     coalesce_ms: float = 50.0
     coalesce_tokens: int = 16
     # A send's first batch waits this long for more than its opening ping, so that a quick turn

@@ -38,3 +38,4 @@ class TurnRequest(BaseModel):
     client_tools: list[ToolSchema] = Field(default_factory=list)  # the client runs these itself
     max_tokens: int | None = None
     temperature: float | None = None
+    idempotency_key: str | None = None

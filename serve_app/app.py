@@ -10,6 +10,7 @@ from runtime.settings import Settings
 
 from . import errors, health, services
 from .auth import BearerAuth
+from .body_limit import BodySizeLimit
 from .letta import agent_messages, agent_tools, agents, blocks, conversations, runs, tools
 from .openai import routes as openai_routes
 
@@ -19,16 +20,20 @@ MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5
 def build_app() -> FastAPI:
     app = FastAPI(title="Parley", version=__version__, docs_url=None, redoc_url=None)
     errors.install(app)
-    app.add_middleware(BearerAuth)
+    app.add_middleware(BodySizeLimit)
+    app.add_middleware(BearerAuth)  # added last, so it runs first: no body is read without the key
     app.include_router(health.router)
-    app.include_router(agents.router)
-    app.include_router(agent_messages.router)
-    app.include_router(blocks.router)
-    app.include_router(conversations.router)
-    app.include_router(runs.router)
-    app.include_router(tools.router)
-    app.include_router(agent_tools.router)
-    app.include_router(openai_routes.router)
+    for letta_router in (
+        agents.router,
+        agent_messages.router,
+        blocks.router,
+        conversations.router,
+        runs.router,
+        tools.router,
+        agent_tools.router,
+    ):
+        app.include_router(letta_router, responses=errors.LETTA_ERRORS)
+    app.include_router(openai_routes.router, responses=errors.OPENAI_ERRORS)
     return app
 
 

@@ -5,6 +5,7 @@ Used by ``parley serve``; blocks until SIGINT/SIGTERM, then shuts Serve and Ray 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -22,7 +23,9 @@ from ray.serve.config import HTTPOptions
 from ray.serve.schema import LoggingConfig
 
 from actors.provider_actor import start_provider_actors
+from runtime.conversation_runner import close_interrupted_runs
 from runtime.settings import ProviderCredentials, Settings
+from runtime.store import open_store
 
 from .app import ParleyIngress
 
@@ -110,6 +113,8 @@ def init_ray(settings: Settings) -> None:
 
 def start(settings: Settings, credentials: ProviderCredentials) -> None:
     """Bring everything up and return once the HTTP API answers."""
+    if not settings.ray_address:
+        close_runs_of_earlier_servers(settings)
     init_ray(settings)
     quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
     http = HTTPOptions(host=settings.host, port=settings.port, location=settings.proxy_location)
@@ -122,6 +127,19 @@ def start(settings: Settings, credentials: ProviderCredentials) -> None:
         blocking=False,
     )
     ray.get(providers_ready, timeout=120)
+
+
+def close_runs_of_earlier_servers(settings: Settings) -> None:
+    """End the runs an earlier server on this store left ``running`` when it stopped mid-run (a
+    crash, a kill -9). This server starts a Ray of its own, so none of them can still be going on;
+    without this they would show as running until their conversation is next used."""
+    store = open_store(settings.resolved_store_url)
+    try:
+        closed = asyncio.run(close_interrupted_runs(store))
+    finally:
+        store.close()
+    if closed:
+        print(f"Parley: {len(closed)} run(s) cut short when a server last stopped are now failed", flush=True)
 
 
 def replica_options(settings: Settings) -> dict[str, object]:

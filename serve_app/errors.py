@@ -1,8 +1,10 @@
 """The one error mapper: domain errors -> status codes, in each surface's body shape.
 
 Letta routes answer ``{"detail": ...}``; OpenAI routes (under /openai) answer
-``{"error": {"message", "type", "param", "code"}}``. A 409 carries ``x-should-retry: false``: both
-official SDKs retry 409 twice by default, which would hide the conflict from the caller.
+``{"error": {"message", "type", "param", "code"}}``, and say 400 where Letta says 422 (a field that
+fails validation). A 409 carries ``x-should-retry: false``: both official SDKs retry 409 twice by
+default, which would hide the conflict from the caller. The two body shapes are also the documented
+4XX responses of every route in the OpenAPI document (``LETTA_ERRORS``, ``OPENAI_ERRORS``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.errors import (
     Conflict,
@@ -49,6 +53,32 @@ _OPENAI_TYPE = {
 }
 
 
+class LettaError(BaseModel):
+    detail: str
+    code: str | None = None  # CONVERSATION_BUSY on a 409 from a send
+    run_id: str | None = None  # ... with the run that holds the conversation
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
+# The documented client errors of every route (FastAPI's own 422 schema does not fit either body).
+LETTA_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": LettaError, "description": "Client error: `detail` says what was wrong"}
+}
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": OpenAIError, "description": "Client error: `error.param` names the field"}
+}
+
+
 def status_of(exc: ParleyError) -> int:
     return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
 
@@ -61,14 +91,9 @@ def error_response(request: Request, exc: ParleyError) -> JSONResponse:
     status = status_of(exc)
     headers = NO_RETRY if status == 409 else None
     if is_openai(request):
-        body: dict[str, Any] = {
-            "error": {
-                "message": exc.message,
-                "type": _OPENAI_TYPE.get(status, "invalid_request_error"),
-                "param": getattr(exc, "param", None),
-                "code": exc.code.lower(),
-            }
-        }
+        if status == 422:
+            status = 400  # the OpenAI surface reports every invalid field as a 400
+        body = openai_body(status, exc.message, getattr(exc, "param", None), exc.code.lower())
     else:
         prefix = next((p for cls, p in _LETTA_PREFIX.items() if isinstance(exc, cls)), None)
         body = {"detail": f"{prefix}: {exc.message}" if prefix else exc.message}
@@ -77,6 +102,11 @@ def error_response(request: Request, exc: ParleyError) -> JSONResponse:
             if exc.run_id:
                 body["run_id"] = exc.run_id
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def openai_body(status: int, message: str, param: str | None, code: str | None) -> dict[str, Any]:
+    kind = _OPENAI_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def describe_validation(exc: RequestValidationError) -> str:
@@ -99,24 +129,26 @@ def install(app: FastAPI) -> None:
         if is_openai(request):
             first = exc.errors()[0] if exc.errors() else {}
             param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-            body = {
-                "error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}
-            }
-            return JSONResponse(body, status_code=400)
+            return JSONResponse(openai_body(400, message, param, None), status_code=400)
         return JSONResponse({"detail": message}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (no such route, method not allowed, a body that cannot be read)
+        in the body shape of the surface they happened on."""
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(exc.headers or {})
+        if is_openai(request):
+            body: dict[str, Any] = openai_body(exc.status_code, message, None, None)
+        else:
+            body = {"detail": message}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         if is_openai(request):
-            body: dict[str, Any] = {
-                "error": {
-                    "message": "An unknown error occurred",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
+            body: dict[str, Any] = openai_body(500, "An unknown error occurred", None, None)
         else:
             body = {"detail": "An unknown error occurred"}
         return JSONResponse(body, status_code=500)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Query
 
-from runtime import ids
+from runtime import ids, limits
 from runtime.errors import NotFound, ValidationFailed
 from runtime.store import Store
 
@@ -22,6 +22,13 @@ def collection(router: APIRouter, method: str, path: str, **kwargs: Any) -> Call
 
     return register
 
+
+# A client's key for one send, on both surfaces: a retry with the same key gets the original run.
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
+
+# The page size of every list route: outside its range is a 422 on Letta, a 400 on OpenAI.
+PageLimit = Annotated[int, Query(ge=1, le=limits.LETTA_MAX_PAGE)]
+OpenAIPageLimit = Annotated[int, Query(ge=1, le=limits.OPENAI_MAX_PAGE)]
 
 T = TypeVar("T")
 

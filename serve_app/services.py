@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated
 
 from fastapi import Depends
 
 from actors.directory import Directory
+from runtime.limits import InputLimits
 from runtime.settings import Settings
 from runtime.store import Store, open_store
 
@@ -23,6 +25,10 @@ class Services:
     @classmethod
     def start(cls, settings: Settings) -> Services:
         return cls(settings, open_store(settings.resolved_store_url), Directory(settings))
+
+    @cached_property
+    def limits(self) -> InputLimits:
+        return InputLimits.of(self.settings)
 
 
 _current: Services | None = None
@@ -49,6 +55,11 @@ def api_key() -> str | None:
     if _current is None or _current.settings.api_key is None:
         return None
     return _current.settings.api_key.get_secret_value()
+
+
+def max_request_bytes() -> int | None:
+    """The largest request body accepted, or None before the replica's services are started."""
+    return None if _current is None else _current.settings.max_request_bytes
 
 
 def warm_up_once() -> None:

@@ -21,6 +21,23 @@ MEDIA_TYPE = "text/event-stream"
 HEARTBEAT = b": \n\n"
 DONE = b"data: [DONE]\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The OpenAPI 200 of a route that may answer with a stream (beside its JSON answer); in OpenAPI 3.1
+# the schema of text/event-stream describes one event.
+STREAMING: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or server-sent events when streaming",
+        "content": {
+            MEDIA_TYPE: {
+                "schema": {
+                    "type": "object",
+                    "description": "One event: `data` is a JSON object, or `[DONE]` at the end",
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                    "required": ["data"],
+                }
+            }
+        },
+    }
+}
 
 
 def dumps(obj: Any) -> str:

@@ -55,7 +55,7 @@ class AnthropicProvider:
         try:
             reply = await self._client(encoded.endpoint).messages.create(**encoded.body)
         except Exception as exc:
-            raise as_provider_error(exc, anthropic, "anthropic") from None
+            raise as_provider_error(exc, anthropic, "anthropic", self._timeout) from None
         parts: list[ResponsePart] = []
         for block in reply.content:
             if block.type == "text":
@@ -115,7 +115,7 @@ class AnthropicProvider:
                     if event.delta.stop_reason:
                         finish = _FINISH.get(event.delta.stop_reason, "stop")
         except Exception as exc:
-            raise as_provider_error(exc, anthropic, "anthropic") from None
+            raise as_provider_error(exc, anthropic, "anthropic", self._timeout) from None
         for part in parts:
             if isinstance(part, ToolCallPart) and not part.arguments:
                 part.arguments = "{}"

@@ -103,15 +103,29 @@ ProviderErrorKind = Literal[
 
 
 class ProviderError(ParleyError):
-    """A provider call failed after the SDK's own retries; the run ends with a clear reason."""
+    """A provider call failed (after Parley's retries, once it leaves the provider layer); the run
+    ends with a clear reason.
 
-    def __init__(self, message: str, kind: ProviderErrorKind = "other", status: int | None = None) -> None:
+    ``retry_after`` is the wait the provider asked for (``retry-after`` header), in seconds;
+    ``should_retry`` its explicit ``x-should-retry`` verdict, when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        kind: ProviderErrorKind = "other",
+        status: int | None = None,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
+        self.retry_after = retry_after
+        self.should_retry = should_retry
 
     def __reduce__(self):
-        return (type(self), (self.message, self.kind, self.status))
+        return (type(self), (self.message, self.kind, self.status, self.retry_after, self.should_retry))
 
 
 class Provider(Protocol):

@@ -82,7 +82,7 @@ class OpenAIProvider:
                 "/chat/completions", body=encoded.body, cast_to=ChatCompletion
             )
         except Exception as exc:
-            raise as_provider_error(exc, openai, "openai") from None
+            raise as_provider_error(exc, openai, "openai", self._timeout) from None
         choice = completion.choices[0]
         parts: list[ResponsePart] = []
         if choice.message.content:
@@ -119,7 +119,7 @@ class OpenAIProvider:
                     if choice.finish_reason:
                         assembly.finish = _FINISH.get(choice.finish_reason, "stop")
         except Exception as exc:
-            raise as_provider_error(exc, openai, "openai") from None
+            raise as_provider_error(exc, openai, "openai", self._timeout) from None
         yield assembly.response()
 
 

@@ -48,7 +48,7 @@ class OpenAIResponsesProvider(OpenAIProvider):
                 "/responses", body=encoded.body, cast_to=Response
             )
         except Exception as exc:
-            raise as_provider_error(exc, openai, "openai") from None
+            raise as_provider_error(exc, openai, "openai", self._timeout) from None
         return model_response(response)
 
     async def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
@@ -65,7 +65,7 @@ class OpenAIResponsesProvider(OpenAIProvider):
                 for delta in assembly.feed(event):
                     yield delta
         except Exception as exc:
-            raise as_provider_error(exc, openai, "openai") from None
+            raise as_provider_error(exc, openai, "openai", self._timeout) from None
         yield assembly.response()
 
 

@@ -7,18 +7,27 @@ from typing import Any
 
 from ..settings import ProviderCredentials
 from .base import EncodedRequest, ModelDelta, ModelResponse, ProviderError
+from .retry import RetryPolicy, complete_with_retries, stream_with_retries
 
 KNOWN_PROVIDERS = ("openai", "anthropic")
 
 
 class ProviderRegistry:
-    """Sends encoded requests to the adapter of their provider; adapters are built on first use."""
+    """Sends encoded requests to the adapter of their provider; adapters are built on first use.
+
+    Failed calls are retried here, by ``retry`` (``max_retries`` when no policy is given): the
+    adapters' SDK clients never retry on their own (see ``retry.py``).
+    """
 
     def __init__(
-        self, credentials: ProviderCredentials, max_retries: int = 2, timeout: float = 300.0
+        self,
+        credentials: ProviderCredentials,
+        max_retries: int = 2,
+        timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._credentials = credentials
-        self._max_retries = max_retries
+        self._retry = retry or RetryPolicy(max_retries=max_retries)
         self._timeout = timeout
         self._adapters: dict[str, Any] = {}
 
@@ -41,20 +50,20 @@ class ProviderRegistry:
             return cls(
                 creds.openai_api_key,
                 creds.openai_base_url,
-                self._max_retries,
+                0,  # retried by this registry
                 self._timeout,
                 creds.endpoint_keys,
             )
         if provider == "anthropic":
             from .anthropic import AnthropicProvider
 
-            return AnthropicProvider(
-                creds.anthropic_api_key, creds.anthropic_base_url, self._max_retries, self._timeout
-            )
+            return AnthropicProvider(creds.anthropic_api_key, creds.anthropic_base_url, 0, self._timeout)
         raise ProviderError(f"unknown provider {provider!r}", "not_found")
 
     async def send(self, encoded: EncodedRequest) -> ModelResponse:
-        return await self.adapter(encoded.provider).send(encoded)
+        adapter = self.adapter(encoded.provider)
+        return await complete_with_retries(lambda: adapter.send(encoded), self._retry)
 
     def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
-        return self.adapter(encoded.provider).stream_encoded(encoded)
+        adapter = self.adapter(encoded.provider)
+        return stream_with_retries(lambda: adapter.stream_encoded(encoded), self._retry)

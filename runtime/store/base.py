@@ -170,12 +170,18 @@ class Store(abc.ABC):
     async def get_run(self, run_id: str) -> Run | None: ...
 
     @abc.abstractmethod
-    async def save_run_events(self, run_id: str, events: bytes) -> None:
-        """Keep a finished run's encoded event log (``events.encode_batch``), so its stream can be
-        replayed after the conversation's actor is gone; it is deleted with the run."""
+    async def find_run_by_key(self, conversation_id: str, key: str) -> Run | None:
+        """The latest run created in the conversation with this ``idempotency_key``, if any."""
 
     @abc.abstractmethod
-    async def get_run_events(self, run_id: str) -> bytes | None: ...
+    async def append_run_events(self, run_id: str, chunk: bytes) -> None:
+        """Append a batch of a background run's events (``events.encode_batch``) to its stored log,
+        written while it runs, so its stream can be replayed by any replica, also after the
+        conversation's actor is gone; the log is deleted with the run."""
+
+    @abc.abstractmethod
+    async def get_run_events(self, run_id: str) -> list[bytes]:
+        """The run's stored batches in the order appended ([] for none)."""
 
     @abc.abstractmethod
     async def delete_run(self, run_id: str) -> bool:

@@ -9,7 +9,8 @@ Key layout (every key starts with the prefix, ``parley:`` by default; ``pos`` is
     conversation:{id}                string  Conversation JSON
     message:{id}                     string  Message JSON (``position`` excluded: it is the score)
     run:{id}                         string  Run JSON
-    run_events:{id}                  string  a finished background run's event log (for replays)
+    run_log:{id}                     stream  a background run's event batches, appended as it runs
+    run_keys:{conversation_id}       hash    idempotency key -> run id (the latest run sent with it)
     agents                           zset    agent id -> pos (hidden ones too: filtered on read)
     tools                            zset    tool id -> pos
     tool_names                       hash    tool name -> tool id
@@ -330,7 +331,7 @@ class RedisStore(Store):
     def _drop_runs(self, drop: _Drop, runs: Iterable[Run]) -> None:
         for run in runs:
             drop.keys.add(self._k("run", run.id))
-            drop.keys.add(self._k("run_events", run.id))
+            drop.keys.add(self._k("run_log", run.id))
             for index in self._run_indexes(run):
                 drop.zrem[index].add(run.id)
 
@@ -421,6 +422,7 @@ class RedisStore(Store):
             drop.zrem[self._k("agents")].add(agent_id)
             drop.keys.update(self._k("block", b) for b in block_ids)
             drop.keys.update(self._k("conversation", c) for c in conversation_ids)
+            drop.keys.update(self._k("run_keys", c) for c in conversation_ids)
             drop.zrem[self._k("conversations")].update(conversation_ids)
             drop.zrem[self._k("messages")].update(message_ids)  # ids whose JSON is gone, too
             self._drop_messages(drop, messages)
@@ -576,7 +578,7 @@ class RedisStore(Store):
             messages = await self._load(pipe, "message", Message, message_ids)
             runs = await self._load(pipe, "run", Run, run_ids)
             pipe.multi()
-            drop = _Drop(keys={key, messages_key, runs_key})
+            drop = _Drop(keys={key, messages_key, runs_key, self._k("run_keys", conversation_id)})
             drop.zrem[self._k("conversations")].add(conversation_id)
             if raw is not None:
                 agent_id = Conversation.model_validate_json(raw).agent_id
@@ -702,9 +704,18 @@ class RedisStore(Store):
 
     # --- runs ----------------------------------------------------------------------------------
     async def create_run(self, run: Run) -> None:
+        redis = await self._redis()
         args = self._create_args("run", run, self._run_indexes(run))
-        if await (await self._redis()).eval(_CREATE, *args) == 0:
+        if await redis.eval(_CREATE, *args) == 0:
             raise Conflict(f"id: run {run.id} already exists")
+        if run.idempotency_key is not None and run.conversation_id is not None:
+            # After the run exists: a crash in between loses the key (a retry then starts a new
+            # run), never points it at a run that is not there.
+            await redis.hset(self._k("run_keys", run.conversation_id), run.idempotency_key, run.id)
+
+    async def find_run_by_key(self, conversation_id: str, key: str) -> Run | None:
+        run_id = await (await self._redis()).hget(self._k("run_keys", conversation_id), key)
+        return await self._one("run", Run, run_id) if run_id else None
 
     async def update_run(self, run: Run) -> None:
         # XX: a run deleted meanwhile stays deleted (SQLite's UPDATE of no row).
@@ -713,12 +724,16 @@ class RedisStore(Store):
     async def get_run(self, run_id: str) -> Run | None:
         return await self._one("run", Run, run_id)
 
-    async def save_run_events(self, run_id: str, events: bytes) -> None:
-        await (await self._redis()).set(self._k("run_events", run_id), events)
+    async def append_run_events(self, run_id: str, chunk: bytes) -> None:
+        await (await self._redis()).xadd(self._k("run_log", run_id), {"b": chunk})
 
-    async def get_run_events(self, run_id: str) -> bytes | None:
-        found = await (await self._redis()).get(self._k("run_events", run_id))
-        return found.encode() if isinstance(found, str) else found
+    async def get_run_events(self, run_id: str) -> list[bytes]:
+        entries = await (await self._redis()).xrange(self._k("run_log", run_id))
+        chunks = []
+        for _entry_id, fields in entries:
+            data = fields.get(b"b", fields.get("b"))
+            chunks.append(data.encode() if isinstance(data, str) else data)
+        return chunks
 
     async def delete_run(self, run_id: str) -> bool:
         key = self._k("run", run_id)

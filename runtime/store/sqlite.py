@@ -49,7 +49,12 @@ CREATE TABLE IF NOT EXISTS runs (
     conversation_id TEXT, status TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, pos);
 CREATE INDEX IF NOT EXISTS runs_conversation ON runs (conversation_id, pos);
-CREATE TABLE IF NOT EXISTS run_events (run_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS run_log (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS run_log_run ON run_log (run_id, n);
+CREATE TABLE IF NOT EXISTS run_keys (
+    conversation_id TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, key));
 CREATE TABLE IF NOT EXISTS tools (
     pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, name TEXT UNIQUE NOT NULL,
     tool_type TEXT NOT NULL, data TEXT NOT NULL);
@@ -176,7 +181,11 @@ class SqliteStore(Store):
         with self._tx() as db:
             gone = db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount
             db.execute(
-                "DELETE FROM run_events WHERE run_id IN (SELECT id FROM runs WHERE agent_id = ?)", (agent_id,)
+                "DELETE FROM run_log WHERE run_id IN (SELECT id FROM runs WHERE agent_id = ?)", (agent_id,)
+            )
+            db.execute(
+                "DELETE FROM run_keys WHERE conversation_id IN (SELECT id FROM conversations WHERE agent_id = ?)",
+                (agent_id,),
             )
             for table in ("conversations", "messages", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE agent_id = ?", (agent_id,))
@@ -308,10 +317,11 @@ class SqliteStore(Store):
             gone = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
             db.execute(
-                "DELETE FROM run_events WHERE run_id IN (SELECT id FROM runs WHERE conversation_id = ?)",
+                "DELETE FROM run_log WHERE run_id IN (SELECT id FROM runs WHERE conversation_id = ?)",
                 (conversation_id,),
             )
             db.execute("DELETE FROM runs WHERE conversation_id = ?", (conversation_id,))
+            db.execute("DELETE FROM run_keys WHERE conversation_id = ?", (conversation_id,))
         return gone > 0
 
     # --- messages ------------------------------------------------------------------------------
@@ -408,9 +418,23 @@ class SqliteStore(Store):
 
     # --- runs ----------------------------------------------------------------------------------
     async def create_run(self, run: Run) -> None:
-        self._db.execute(
-            "INSERT INTO runs (id, agent_id, conversation_id, status, data) VALUES (?, ?, ?, ?, ?)",
-            (run.id, run.agent_id, run.conversation_id, run.status.value, run.model_dump_json()),
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (id, agent_id, conversation_id, status, data) VALUES (?, ?, ?, ?, ?)",
+                (run.id, run.agent_id, run.conversation_id, run.status.value, run.model_dump_json()),
+            )
+            if run.idempotency_key is not None and run.conversation_id is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO run_keys (conversation_id, key, run_id) VALUES (?, ?, ?)",
+                    (run.conversation_id, run.idempotency_key, run.id),
+                )
+
+    async def find_run_by_key(self, conversation_id: str, key: str) -> Run | None:
+        return self._one(
+            Run,
+            "SELECT runs.data FROM run_keys JOIN runs ON runs.id = run_keys.run_id"
+            " WHERE run_keys.conversation_id = ? AND run_keys.key = ?",
+            (conversation_id, key),
         )
 
     async def update_run(self, run: Run) -> None:
@@ -421,15 +445,15 @@ class SqliteStore(Store):
 
     async def delete_run(self, run_id: str) -> bool:
         with self._tx() as db:
-            db.execute("DELETE FROM run_events WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM run_log WHERE run_id = ?", (run_id,))
             return db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
 
-    async def save_run_events(self, run_id: str, events: bytes) -> None:
-        self._db.execute("INSERT OR REPLACE INTO run_events (run_id, data) VALUES (?, ?)", (run_id, events))
+    async def append_run_events(self, run_id: str, chunk: bytes) -> None:
+        self._db.execute("INSERT INTO run_log (run_id, data) VALUES (?, ?)", (run_id, chunk))
 
-    async def get_run_events(self, run_id: str) -> bytes | None:
-        row = self._db.execute("SELECT data FROM run_events WHERE run_id = ?", (run_id,)).fetchone()
-        return bytes(row[0]) if row else None
+    async def get_run_events(self, run_id: str) -> list[bytes]:
+        rows = self._db.execute("SELECT data FROM run_log WHERE run_id = ? ORDER BY n", (run_id,))
+        return [bytes(row[0]) for row in rows]
 
     async def get_run(self, run_id: str) -> Run | None:
         return self._one(Run, "SELECT data FROM runs WHERE id = ?", (run_id,))

@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from runtime.errors import NotFound
 from runtime.events import RunStarted
 from runtime.store import Page
-from serve_app.routing import require_cursors
+from serve_app.routing import IdempotencyKey, PageLimit, require_cursors
 from serve_app.services import ServicesDep
-from serve_app.sse import EventStreamResponse
+from serve_app.sse import STREAMING, EventStreamResponse
 
 from . import render
 from .agents import load_agent
@@ -24,21 +24,23 @@ from .sending import start_send, turn_request
 router = APIRouter()
 
 
-@router.post("/v1/agents/{agent_id}/messages", response_model=None)
+@router.post("/v1/agents/{agent_id}/messages", response_model=None, responses=STREAMING)
 async def send(
-    agent_id: str, body: SendMessages, services: ServicesDep
+    agent_id: str, body: SendMessages, services: ServicesDep, idempotency_key: IdempotencyKey = None
 ) -> EventStreamResponse | JSONResponse:
     """One JSON ``LettaResponse`` by default; SSE with ``streaming: true``."""
     conversation = await default_conversation(services, agent_id)
-    return await start_send(services, conversation, body, "send_message", bool(body.streaming))
+    return await start_send(
+        services, conversation, body, "send_message", bool(body.streaming), idempotency_key
+    )
 
 
-@router.post("/v1/agents/{agent_id}/messages/stream", response_model=None)
+@router.post("/v1/agents/{agent_id}/messages/stream", response_model=None, responses=STREAMING)
 async def send_streaming(
-    agent_id: str, body: SendMessages, services: ServicesDep
+    agent_id: str, body: SendMessages, services: ServicesDep, idempotency_key: IdempotencyKey = None
 ) -> EventStreamResponse | JSONResponse:
     conversation = await default_conversation(services, agent_id)
-    return await start_send(services, conversation, body, "send_message", True)
+    return await start_send(services, conversation, body, "send_message", True, idempotency_key)
 
 
 @router.get("/v1/agents/{agent_id}/messages")
@@ -47,7 +49,7 @@ async def list_messages(
     services: ServicesDep,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageLimit = 100,
     order: Literal["asc", "desc"] = "desc",
     conversation_id: str | None = None,
     include_return_message_types: Annotated[list[str] | None, Query()] = None,
@@ -70,10 +72,14 @@ async def list_messages(
 
 
 @router.post("/v1/agents/{agent_id}/messages/async")
-async def send_async(agent_id: str, body: SendMessages, services: ServicesDep) -> dict[str, Any]:
+async def send_async(
+    agent_id: str, body: SendMessages, services: ServicesDep, idempotency_key: IdempotencyKey = None
+) -> dict[str, Any]:
     """Start a background run and answer with it at once; poll ``GET /v1/runs/{id}`` for its end."""
+    body.check_limits(services.limits)
     conversation = await default_conversation(services, agent_id)
-    turn = turn_request(body.model_copy(update={"background": True}), "send_message_async")
+    background = body.model_copy(update={"background": True})
+    turn = turn_request(background, "send_message_async", idempotency_key)
     stream = await services.directory.open_stream(conversation.id, "send", turn)
     stream.close()  # a background run outlives its first reader
     run_id = next(e.run_id for e in stream.first if isinstance(e, RunStarted))

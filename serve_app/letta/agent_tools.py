@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from runtime.clock import utcnow
-from serve_app.routing import relative_window
+from serve_app.routing import PageLimit, relative_window
 from serve_app.services import Services, ServicesDep
 
 from . import render
@@ -23,7 +23,7 @@ async def list_agent_tools(
     services: ServicesDep,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+    limit: PageLimit = 10,
     order: Literal["asc", "desc"] = "desc",
 ) -> list[dict[str, Any]]:
     agent, _ = await load_agent(services, agent_id)

@@ -14,7 +14,7 @@ from runtime.clock import utcnow
 from runtime.errors import InvalidArgument, NotFound, ValidationFailed
 from runtime.handles import embedding_config_for, llm_config_for
 from runtime.store import Page
-from serve_app.routing import collection, require_id
+from serve_app.routing import PageLimit, collection, require_id
 from serve_app.services import Services, ServicesDep
 
 from . import render
@@ -28,6 +28,7 @@ _DEFAULT_DESCRIPTIONS = {
     "persona": "Who you are: your character, tone and the way you answer.",
     "human": "What you know about the user you are talking with.",
 }
+_REQUIRED_ON_UPDATE = ("name", "system")
 _ADJECTIVES = ("amber", "brisk", "calm", "deft", "eager", "fond", "keen", "lucid", "merry", "nimble")
 _NOUNS = ("otter", "heron", "lynx", "finch", "marten", "ibis", "puffin", "wren", "stoat", "koi")
 
@@ -159,7 +160,7 @@ async def list_agents(
     match_all_tags: bool = False,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    limit: PageLimit = 50,
     order: Literal["asc", "desc"] = "desc",
 ) -> list[dict[str, Any]]:
     agents = await services.store.list_agents(
@@ -183,6 +184,10 @@ async def update_agent(agent_id: str, body: UpdateAgent, services: ServicesDep) 
         for name in ("name", "system", "description", "metadata", "model_settings", "timezone")
         if name in given
     }
+    # An agent always has a name and a system prompt: an explicit null leaves them as they are.
+    for name in _REQUIRED_ON_UPDATE:
+        if changes.get(name, "") is None:
+            del changes[name]
     if "tags" in given:
         changes["tags"] = body.tags or []
     if "llm_config" in given and body.llm_config is not None:

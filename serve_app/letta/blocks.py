@@ -6,15 +6,15 @@ conversation's system message from the blocks as they are then.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from runtime import ids
 from runtime.agent import Block
 from runtime.clock import utcnow
 from runtime.errors import NotFound, ValidationFailed
-from serve_app.routing import relative_window, require_id
+from serve_app.routing import PageLimit, relative_window, require_id
 from serve_app.services import Services, ServicesDep
 
 from . import render
@@ -50,7 +50,7 @@ async def list_agent_blocks(
     services: ServicesDep,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageLimit = 100,
     order: Literal["asc", "desc"] = "desc",
 ) -> list[dict[str, Any]]:
     """Cursors are relative to the order; a page past the end is empty (the SDK pages until then)."""

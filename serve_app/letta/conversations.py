@@ -13,9 +13,9 @@ from runtime.conversation import Conversation
 from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
 from runtime.handles import split_handle
 from runtime.store import Page
-from serve_app.routing import collection, require_id
+from serve_app.routing import IdempotencyKey, PageLimit, collection, require_id
 from serve_app.services import Services, ServicesDep
-from serve_app.sse import EventStreamResponse
+from serve_app.sse import STREAMING, EventStreamResponse
 
 from . import render
 from .agents import load_agent
@@ -83,7 +83,7 @@ async def list_conversations(
     services: ServicesDep,
     agent_id: str | None = None,
     after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    limit: PageLimit = 50,
     order: Literal["asc", "desc"] = "desc",
 ) -> list[dict[str, Any]]:
     if agent_id is not None:
@@ -127,14 +127,18 @@ async def delete_conversation(conversation_id: str, services: ServicesDep) -> No
     await services.store.delete_conversation(conversation.id)
 
 
-@router.post("/v1/conversations/{conversation_id}/messages", response_model=None)
+@router.post("/v1/conversations/{conversation_id}/messages", response_model=None, responses=STREAMING)
 async def send_message(
-    conversation_id: str, body: SendMessages, services: ServicesDep
+    conversation_id: str,
+    body: SendMessages,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> EventStreamResponse | JSONResponse:
     conversation = await addressed(services, conversation_id, body.agent_id)
     # Streams unless told not to (the SDK always reads this route as a stream).
+    streaming = body.streaming is not False
     return await start_send(
-        services, conversation, body, "send_conversation_message", body.streaming is not False
+        services, conversation, body, "send_conversation_message", streaming, idempotency_key
     )
 
 
@@ -144,7 +148,7 @@ async def list_messages(
     services: ServicesDep,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageLimit = 100,
     order: Literal["asc", "desc"] = "desc",
     include_return_message_types: Annotated[list[str] | None, Query()] = None,
     agent_id: str | None = None,
@@ -155,7 +159,7 @@ async def list_messages(
     return render.expand(messages, include_return_message_types)
 
 
-@router.post("/v1/conversations/{conversation_id}/stream", response_model=None)
+@router.post("/v1/conversations/{conversation_id}/stream", response_model=None, responses=STREAMING)
 async def resume_stream(
     conversation_id: str, services: ServicesDep, body: RetrieveStream | None = None
 ) -> EventStreamResponse:

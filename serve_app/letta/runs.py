@@ -9,12 +9,12 @@ from fastapi import APIRouter, Query
 from actors.directory import Stream
 from runtime import ids
 from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
-from runtime.events import decode_batch
 from runtime.run import Run, RunStatus
+from runtime.run_log import load_run_log
 from runtime.store import Page
-from serve_app.routing import collection, require_cursors, require_id
+from serve_app.routing import PageLimit, collection, require_cursors, require_id
 from serve_app.services import Services, ServicesDep
-from serve_app.sse import EventStreamResponse
+from serve_app.sse import STREAMING, EventStreamResponse
 
 from . import render
 from .schemas import RetrieveStream
@@ -52,7 +52,7 @@ async def list_runs(
     stop_reason: str | None = None,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageLimit = 100,
     order: Literal["asc", "desc"] = "desc",
 ) -> list[dict[str, Any]]:
     agents = [*(agent_ids or []), *([agent_id] if agent_id else [])]
@@ -79,7 +79,7 @@ async def list_run_messages(
     services: ServicesDep,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageLimit = 100,
     order: Literal["asc", "desc"] = "asc",
 ) -> list[dict[str, Any]]:
     run = await load_run(services, run_id)
@@ -94,7 +94,7 @@ async def list_run_messages(
     return [m for message in messages for m in reversed(render.expand([message], include))]
 
 
-@router.post("/v1/runs/{run_id}/stream", response_model=None)
+@router.post("/v1/runs/{run_id}/stream", response_model=None, responses=STREAMING)
 async def stream_run(
     run_id: str, services: ServicesDep, body: RetrieveStream | None = None
 ) -> EventStreamResponse:
@@ -105,10 +105,10 @@ async def stream_run(
         raise InvalidArgument("Run was not created in background mode, so it cannot be retrieved.")
     if run.conversation_id is None:
         raise NotFound(f"Run {run_id} has no stream")
-    stored = await services.store.get_run_events(run.id) if run.status.terminal else None
+    stored = await load_run_log(services.store, run) if run.status.terminal else None
     if stored is not None:
         # A finished run replays from the store, here: no need to wake its conversation's actor.
-        stream = Stream([e for e in decode_batch(stored) if e.seq > body.starting_after], None)
+        stream = Stream(stored.read(body.starting_after), None)
     else:
         stream = await services.directory.open_stream(
             run.conversation_id, "follow", run.id, body.starting_after

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from runtime.limits import InputLimits
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
@@ -117,6 +119,15 @@ class SendMessages(_Body):
         if self.messages is not None:
             return self.messages
         return [MessageCreate(role="user", content=self.input or "")]
+
+    def check_limits(self, limits: InputLimits) -> None:
+        """The number of messages and the size of each (``runtime.limits``), naming the field."""
+        if self.messages is None:
+            limits.check_text(self.input_messages()[0].text(), "input")
+            return
+        limits.check_count(len(self.messages), "messages")
+        for index, message in enumerate(self.messages):
+            limits.check_text(message.text(), f"messages[{index}].content")
 
 
 class RetrieveStream(_Body):

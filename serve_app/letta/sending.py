@@ -24,25 +24,39 @@ log = logging.getLogger(__name__)
 
 
 async def start_send(
-    services: Services, conversation: Conversation, body: SendMessages, run_type: str, streaming: bool
+    services: Services,
+    conversation: Conversation,
+    body: SendMessages,
+    run_type: str,
+    streaming: bool,
+    idempotency_key: str | None,
 ) -> EventStreamResponse | JSONResponse:
     """Start a run on the conversation's actor; answer as SSE or, when not streaming, as one
     ``LettaResponse``. A busy conversation raises ``ConversationBusy`` here, before any byte."""
+    body.check_limits(services.limits)
     if not streaming and (body.stream_tokens or body.background):
         raise ValidationFailed("stream_tokens / background: only with streaming=true")
-    stream = await services.directory.open_stream(conversation.id, "send", turn_request(body, run_type))
+    stream = await services.directory.open_stream(
+        conversation.id, "send", turn_request(body, run_type, idempotency_key)
+    )
     if not streaming:
         return await json_response(stream, body.include_return_message_types)
     renderer = render.StreamRenderer(body.include_pings, body.include_return_message_types)
     return sse_response(stream, renderer, services.settings.heartbeat_seconds)
 
 
-def turn_request(body: SendMessages, run_type: str) -> TurnRequest:
+def turn_request(body: SendMessages, run_type: str, idempotency_key: str | None) -> TurnRequest:
+    """The turn a Letta send asks for. Its idempotency key is the Idempotency-Key header, else the
+    client's ``otid`` on its input: the same otid sent again is a retry of that message."""
+    messages = [
+        InputMessage(role=m.role, text=m.text(), otid=m.otid, name=m.name, sender_id=m.sender_id)
+        for m in body.input_messages()
+    ]
+    if idempotency_key is None:
+        idempotency_key = next((m.otid for m in messages if m.otid), None)
     return TurnRequest(
-        messages=[
-            InputMessage(role=m.role, text=m.text(), otid=m.otid, name=m.name, sender_id=m.sender_id)
-            for m in body.input_messages()
-        ],
+        messages=messages,
+        idempotency_key=idempotency_key,
         max_steps=body.max_steps,
         stream_tokens=body.stream_tokens,
         background=body.background,

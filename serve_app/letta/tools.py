@@ -14,11 +14,12 @@ from fastapi import APIRouter, Query
 from runtime import ids
 from runtime.clock import utcnow
 from runtime.errors import NotFound, ValidationFailed
+from runtime.limits import InputLimits
 from runtime.store import Page
 from runtime.tools import built_in
 from runtime.tools.schema import schema_from_source
 from runtime.tools.tool import BUILT_IN_TYPES, DEFAULT_RETURN_CHAR_LIMIT, MAX_NAME_LENGTH, Tool
-from serve_app.routing import collection, require_id
+from serve_app.routing import PageLimit, collection, require_id
 from serve_app.services import Services, ServicesDep
 
 from . import render
@@ -40,7 +41,8 @@ def _json_schema(fields: ToolFields, source_code: str) -> dict[str, Any]:
     return derived.model_dump()
 
 
-def _new_tool(body: CreateTool) -> Tool:
+def _new_tool(body: CreateTool, limits: InputLimits) -> Tool:
+    limits.check_tool_source(body.source_code)
     schema = _json_schema(body, body.source_code)
     description = body.description or schema.get("description") or ""
     if body.description:
@@ -108,12 +110,12 @@ async def resolve_tools(
 # --- /v1/tools ------------------------------------------------------------------------------------
 @collection(router, "POST", "/v1/tools")
 async def create_tool(body: CreateTool, services: ServicesDep) -> dict[str, Any]:
-    return render.tool(await services.store.upsert_tool(_new_tool(body)))
+    return render.tool(await services.store.upsert_tool(_new_tool(body, services.limits)))
 
 
 @collection(router, "PUT", "/v1/tools")
 async def upsert_tool(body: CreateTool, services: ServicesDep) -> dict[str, Any]:
-    return render.tool(await services.store.upsert_tool(_new_tool(body)))
+    return render.tool(await services.store.upsert_tool(_new_tool(body, services.limits)))
 
 
 @collection(router, "GET", "/v1/tools")
@@ -128,7 +130,7 @@ async def list_tools(
     return_only_letta_tools: bool = False,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    limit: PageLimit = 50,
     order: Literal["asc", "desc"] = "desc",
 ) -> list[dict[str, Any]]:
     await ensure_built_in_tools(services)
@@ -156,6 +158,7 @@ async def retrieve_tool(tool_id: str, services: ServicesDep) -> dict[str, Any]:
 @router.patch("/v1/tools/{tool_id}")
 async def update_tool(tool_id: str, body: ToolFields, services: ServicesDep) -> dict[str, Any]:
     tool = await load_tool(services, tool_id)
+    services.limits.check_tool_source(body.source_code)
     given = {name for name in body.model_fields_set}
     changes: dict[str, Any] = {
         name: getattr(body, name)

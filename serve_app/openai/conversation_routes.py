@@ -6,26 +6,27 @@ the conversation's actor, which owns its cached context and refuses while a resp
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from runtime.clock import utcnow
 from runtime.conversation import Conversation
 from runtime.errors import NotFound
 from runtime.inputs import stored_inputs
+from runtime.limits import MAX_ITEMS_PER_ADD, check_metadata
 from runtime.message import Message
 from runtime.store import Page
+from serve_app.routing import OpenAIPageLimit
 from serve_app.services import Services, ServicesDep
 
 from . import ids
-from .home import check_metadata, conversation_object, home_agent, invalid, load_conversation
+from .home import conversation_object, home_agent, invalid, load_conversation
 from .items import items_of, page, parse_input
 
 router = APIRouter()
 
-MAX_ITEMS_PER_ADD = 20
 ALL = 1_000_000  # a conversation's items are derived from all of its messages
 
 
@@ -50,7 +51,7 @@ class AddItems(_Body):
 @router.post("/conversations")
 async def create_conversation(body: CreateConversation, services: ServicesDep) -> dict[str, Any]:
     metadata = check_metadata(body.metadata)
-    inputs = parse_input(body.items, "items") if body.items else []
+    inputs = parse_input(body.items, "items", services.limits) if body.items else []
     agent = await home_agent(services)
     conversation = Conversation(
         id=services.directory.reserve_conversation_id(), agent_id=agent.id, metadata=metadata
@@ -127,7 +128,7 @@ async def add_items(conversation_id: str, body: AddItems, services: ServicesDep)
         raise invalid(
             f"Invalid 'items': at most {MAX_ITEMS_PER_ADD} items at a time, got {len(body.items)}.", "items"
         )
-    inputs = parse_input(body.items, "items")
+    inputs = parse_input(body.items, "items", services.limits)
     stored: list[Message] = await services.directory.call(conversation.id, "add_messages", inputs)
     return page([item for m in stored for item in items_of(m)], has_more=False)
 
@@ -137,7 +138,7 @@ async def list_items(
     conversation_id: str,
     services: ServicesDep,
     after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: OpenAIPageLimit = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
     conversation = await load_conversation(services, conversation_id)

@@ -18,9 +18,6 @@ from serve_app.services import Services
 from . import ids
 
 HOME_AGENT_ID = "agent-00000000-0000-4000-8000-000000000000"
-MAX_METADATA_PAIRS = 16
-MAX_KEY_LENGTH = 64
-MAX_VALUE_LENGTH = 512
 
 
 def invalid(message: str, param: str | None) -> InvalidArgument:
@@ -61,28 +58,6 @@ def model_handle(services: Services, model: str | None) -> str:
     except NotFound as exc:
         raise invalid(f"Invalid value for 'model': {exc.message}", "model") from None
     return handle
-
-
-def check_metadata(metadata: Any, param: str = "metadata") -> dict[str, str]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise invalid(f"Invalid '{param}': expected an object of string keys and values.", param)
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise invalid(
-            f"Invalid '{param}': at most {MAX_METADATA_PAIRS} key-value pairs, got {len(metadata)}.", param
-        )
-    for key, value in metadata.items():
-        if len(key) > MAX_KEY_LENGTH:
-            raise invalid(f"Invalid '{param}': key {key[:20]!r}... is longer than {MAX_KEY_LENGTH}.", param)
-        if not isinstance(value, str):
-            raise invalid(f"Invalid '{param}.{key}': values must be strings.", f"{param}.{key}")
-        if len(value) > MAX_VALUE_LENGTH:
-            raise invalid(
-                f"Invalid '{param}.{key}': values are at most {MAX_VALUE_LENGTH} characters.",
-                f"{param}.{key}",
-            )
-    return dict(metadata)
 
 
 async def load_conversation(services: Services, openai_id: str) -> Conversation:

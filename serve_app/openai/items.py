@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.errors import InvalidArgument
+from runtime.limits import InputLimits
 from runtime.message import Message, Part, ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
 from runtime.turn import InputMessage
 
@@ -249,18 +250,28 @@ def _merge(previous: InputMessage, item: InputMessage) -> InputMessage:
     return InputMessage(role="assistant", text=text, parts=parts)
 
 
-def parse_input(value: str | list[Any], field: str = "input") -> list[InputMessage]:
-    """The messages a Responses ``input`` (or a conversation's ``items``) stands for, in order."""
+def parse_input(
+    value: str | list[Any], field: str = "input", limits: InputLimits | None = None
+) -> list[InputMessage]:
+    """The messages a Responses ``input`` (or a conversation's ``items``) stands for, in order;
+    with ``limits``, the number of items and each one's size are checked as they were sent."""
     if isinstance(value, str):
-        return [InputMessage(role="user", text=value)]
+        message = InputMessage(role="user", text=value)
+        if limits is not None:
+            limits.check_message(message, field)
+        return [message]
     if not isinstance(value, list):
         raise _invalid(f"Invalid type for '{field}': expected a string or an array of input items.", field)
     if not value:
         raise _invalid(f"Invalid '{field}': empty array. Expected an array with minimum length 1.", field)
+    if limits is not None:
+        limits.check_count(len(value), field)
     names: dict[str, str] = {}  # call_id -> function name, for outputs that do not repeat it
     out: list[InputMessage] = []
     for index, entry in enumerate(value):
         item = _parse_item(entry, f"{field}[{index}]", names)
+        if limits is not None:
+            limits.check_message(item, f"{field}[{index}]")
         if out and _joins(out[-1], item):
             out[-1] = _merge(out[-1], item)
         else:

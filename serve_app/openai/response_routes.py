@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from actors.directory import Stream
@@ -21,17 +21,20 @@ from runtime.conversation import Conversation
 from runtime.errors import Conflict, NotFound
 from runtime.events import Done, RunEvent, RunStarted
 from runtime.ids import MESSAGE, new_id
+from runtime.limits import check_metadata
 from runtime.message import Message
 from runtime.providers.base import ToolSchema
 from runtime.run import Run, RunStatus
 from runtime.store import Page
 from runtime.turn import TurnRequest
 from serve_app import sse as sse_frames
+from serve_app.routing import IdempotencyKey, OpenAIPageLimit
 from serve_app.services import Services, ServicesDep
+from serve_app.sse import STREAMING
 
 from . import ids
 from .conversation_routes import ALL, cursor_page, is_compiled_prompt
-from .home import check_metadata, home_agent, invalid, load_conversation, model_handle
+from .home import home_agent, invalid, load_conversation, model_handle
 from .items import items_of, parse_input
 from .responses import response_object
 from .stream import ResponseStream, sse
@@ -200,13 +203,14 @@ async def response_for(services: Services, run: Run) -> dict[str, Any]:
 
 
 # --- routes ---------------------------------------------------------------------------------------
-@router.post("/responses", response_model=None)
+@router.post("/responses", response_model=None, responses=STREAMING)
 async def create_response(
-    body: CreateResponse, services: ServicesDep
+    body: CreateResponse, services: ServicesDep, idempotency_key: IdempotencyKey = None
 ) -> dict[str, Any] | sse_frames.EventStreamResponse:
     if body.input is None:
         raise invalid("Missing required parameter: 'input'.", "input")
-    inputs = parse_input(body.input)
+    inputs = parse_input(body.input, limits=services.limits)
+    services.limits.check_text(body.instructions, "instructions")
     handle = model_handle(services, body.model)
     metadata = check_metadata(body.metadata)
     _check_ranges(body)
@@ -231,6 +235,7 @@ async def create_response(
         background=bool(body.background),
         request_config={"openai": echo},
         run_metadata={"run_type": "openai_response"},
+        idempotency_key=idempotency_key,
     )
     stream = await services.directory.open_stream(conversation.id, "send", turn)
     run_id = next(e.run_id for e in stream.first if isinstance(e, RunStarted))
@@ -331,7 +336,7 @@ async def list_input_items(
     response_id: str,
     services: ServicesDep,
     after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: OpenAIPageLimit = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
     run = await load_response_run(services, response_id)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from letta_client import Letta
+from letta_client import APIStatusError, Letta
 
 from parley.processes import FakeLLMProcess, RedisProcess, ServerProcess, start_redis, start_server
 
@@ -188,6 +188,11 @@ def test_node_kill_loses_no_acknowledged_message(letta, rig):
     assert failed, "no run was in flight on the killed node"
     assert all(statuses[c].stop_reason == "error" for c in failed)
     assert all(run.status in ("failed", "cancelled") for run in statuses.values())
+    # The killed runs' logs were in Redis as they ran: any replica replays them, ended as errors.
+    for conversation_id in failed:
+        with pytest.raises(APIStatusError) as ended:  # the SDK raises on a stream's error event
+            list(letta.runs.messages.stream(runs[conversation_id], starting_after=0))
+        assert "interrupted" in ended.value.body["message"]
     print(
         "\nnode kill -> first successful send on an affected conversation: "
         f"{min(recovered[c] for c in failed):.1f} s"

@@ -12,12 +12,13 @@ import pytest
 
 from runtime.agent import Agent, Block, LLMConfig
 from runtime.conversation import Conversation
-from runtime.conversation_runner import INTERRUPTED, ConversationRunner
+from runtime.conversation_runner import ConversationRunner
 from runtime.errors import ConversationBusy, InvalidArgument, NotFound
-from runtime.events import Delta, MessageDone, RunEvent, RunStarted, Stopped
+from runtime.events import Delta, MessageDone, RunEvent, RunStarted, Stopped, encode_batch
 from runtime.message import ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
 from runtime.providers.base import ModelDelta, ModelRequest, ModelResponse, ProviderError
 from runtime.run import Run, RunStatus, StopReason
+from runtime.run_log import INTERRUPTED, RunLog
 from runtime.store import Page
 from runtime.store.sqlite import SqliteStore
 from runtime.tools import built_in
@@ -449,6 +450,68 @@ def test_background_run_survives_its_reader(store: SqliteStore) -> None:
     run(main())
 
 
+def test_background_run_log_is_in_the_store_while_it_runs(store: SqliteStore) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        provider = ScriptedProvider(Step(gate=gate, response=reply("later")))
+        runner, world = await make_runner(store, provider)
+        stream = runner.send(request(background=True))
+        run_id = await started(stream)
+        await stream.aclose()
+        await until_entered(provider)
+        for _ in range(100):  # the writer appends in the background
+            if await store.get_run_events(run_id):
+                break
+            await asyncio.sleep(0.01)
+        partial = RunLog.from_chunks(run_id, await store.get_run_events(run_id))
+        assert kinds(partial.events()) == ["started"]
+        assert not runner.idle  # a run, and a log still to write
+
+        gate.set()
+        active = runner.active
+        assert active is not None and active.task is not None
+        await asyncio.wait_for(active.task, 1)
+        for _ in range(100):
+            if runner.idle:
+                break
+            await asyncio.sleep(0.01)
+        assert runner.idle
+        # Another actor (after this one passivated) replays it from the store alone.
+        fresh = ConversationRunner(store, ScriptedProvider(), world.conversation.id)
+        await fresh.activate()
+        replay = await collect(fresh.follow(run_id, after=1))
+        assert kinds(replay) == ["message", "stopped", "done"]
+        assert [e.seq for e in replay] == [2, 3, 4]
+
+    run(main())
+
+
+def test_a_background_log_cut_by_a_crash_is_closed_on_activation(store: SqliteStore) -> None:
+    async def main() -> None:
+        world = await make_world(store)
+        crashed = Run(
+            agent_id=world.agent.id,
+            conversation_id=world.conversation.id,
+            status=RunStatus.running,
+            background=True,
+        )
+        await store.create_run(crashed)
+        await store.append_run_events(crashed.id, encode_batch([RunStarted(run_id=crashed.id, seq=1)]))
+
+        runner = ConversationRunner(store, ScriptedProvider(), world.conversation.id)
+        await runner.activate()
+        replay = await collect(runner.follow(crashed.id))
+        assert kinds(replay) == ["started", "stopped", "done"]
+        stopped = only(replay, Stopped)
+        assert stopped.stop_reason is StopReason.error
+        assert stopped.error is not None and stopped.error.message == INTERRUPTED
+        # The closing events are stored too, for replicas that replay without the actor.
+        stored = RunLog.from_chunks(crashed.id, await store.get_run_events(crashed.id))
+        assert kinds(stored.events()) == ["started", "stopped", "done"]
+
+    run(main())
+
+
 def test_follow_active_run_from_a_second_reader(store: SqliteStore) -> None:
     async def main() -> None:
         gate = asyncio.Event()
@@ -823,5 +886,76 @@ def test_cancel_during_a_tool_call_ends_the_run(store: SqliteStore) -> None:
         rest = await collect(stream)
         assert only(rest, Stopped).stop_reason is StopReason.cancelled
         assert runner.active is None
+
+    run(main())
+
+
+# --- idempotent sends -----------------------------------------------------------------------------
+def test_a_retried_key_replays_the_finished_run_without_a_new_turn(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(Step(response=reply("once")))
+        runner, world = await make_runner(store, provider)
+        first = await collect(runner.send(request("hello", idempotency_key="k1")))
+        again = await collect(runner.send(request("hello", idempotency_key="k1")))
+        assert again == first
+        assert provider.entered == 1
+        history = await store.list_messages(world.conversation.id, Page(limit=100, order="asc"))
+        assert [m.text() for m in history if m.role != "system"] == ["hello", "once"]
+        # Another key is another turn.
+        await collect(runner.send(request("hello", idempotency_key="k2")))
+        assert provider.entered == 2
+
+    run(main())
+
+
+def test_a_retried_key_follows_the_run_in_flight_instead_of_409(store: SqliteStore) -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+        provider = ScriptedProvider(Step(gate=gate, response=reply("slow")))
+        runner, _ = await make_runner(store, provider)
+        stream = runner.send(request(idempotency_key="k"))
+        run_id = await started(stream)
+        await stream.aclose()  # the client's connection dropped: a keyed run keeps going
+        await until_entered(provider)
+        with pytest.raises(ConversationBusy):
+            await anext(runner.send(request()))  # a different send is still refused
+        retry = asyncio.ensure_future(collect(runner.send(request(idempotency_key="k"))))
+        await asyncio.sleep(0.01)
+        gate.set()
+        events = await asyncio.wait_for(retry, 1)
+        assert kinds(events) == ["started", "message", "stopped", "done"]
+        assert events[0].run_id == run_id  # type: ignore[union-attr]
+        assert only(events, MessageDone).message.text() == "slow"
+        assert provider.entered == 1
+
+    run(main())
+
+
+def test_a_key_whose_run_failed_starts_a_new_run(store: SqliteStore) -> None:
+    async def main() -> None:
+        provider = ScriptedProvider(
+            Step(error=ProviderError("upstream down", "server", status=500)), Step(response=reply("ok"))
+        )
+        runner, _ = await make_runner(store, provider)
+        failed = await collect(runner.send(request(idempotency_key="k")))
+        assert only(failed, Stopped).stop_reason is StopReason.error
+        retried = await collect(runner.send(request(idempotency_key="k")))
+        assert only(retried, Stopped).stop_reason is StopReason.end_turn
+        assert retried[0].run_id != failed[0].run_id  # type: ignore[union-attr]
+
+    run(main())
+
+
+def test_a_retried_key_is_replayed_from_the_store_by_a_later_actor(store: SqliteStore) -> None:
+    async def main() -> None:
+        runner, world = await make_runner(store, ScriptedProvider(Step(response=reply("kept"))))
+        first = await collect(runner.send(request(idempotency_key="k")))
+        later = ConversationRunner(store, ScriptedProvider(), world.conversation.id)
+        await later.activate()
+        again = await collect(later.send(request(idempotency_key="k")))
+        assert kinds(again) == kinds(first)
+        assert only(again, MessageDone).message == only(first, MessageDone).message
+        assert only(again, Stopped).stop_reason is StopReason.end_turn
+        assert only(again, Stopped).usage == only(first, Stopped).usage
 
     run(main())

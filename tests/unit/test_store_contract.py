@@ -1204,23 +1204,54 @@ def test_redis_connections_close_with_their_loop_and_on_close(redis_url: str) ->
         admin.close()
 
 
-def test_run_events_are_kept_and_deleted_with_their_run(store: Store) -> None:
+def test_run_events_are_appended_in_order_and_deleted_with_their_run(store: Store) -> None:
     agent = add_agent(store)
     conversation = add_conversation(store, agent)
     first, second, third = (add_run(store, agent, conversation) for _ in range(3))
-    log = b'[{"kind":"done","run_id":"x","seq":1}]'
-    for r in (first, second, third):
-        run(store.save_run_events(r.id, log))
-    assert run(store.get_run_events(first.id)) == log
-    assert run(store.get_run_events("run-unknown")) is None
-    run(store.save_run_events(first.id, log + b" "))  # saving again replaces
-    assert run(store.get_run_events(first.id)) == log + b" "
+    chunks = [b'[{"kind":"ping","run_id":"x","seq":%d}]' % n for n in range(3)]
+    for chunk in chunks:
+        for r in (first, second, third):
+            run(store.append_run_events(r.id, chunk))
+    assert run(store.get_run_events(first.id)) == chunks
+    assert run(store.get_run_events("run-unknown")) == []
     assert run(store.delete_run(first.id)) is True
-    assert run(store.get_run_events(first.id)) is None
+    assert run(store.get_run_events(first.id)) == []
+    assert run(store.get_run_events(second.id)) == chunks  # only the deleted run's log goes
     assert run(store.delete_conversation(conversation.id)) is True
-    assert run(store.get_run_events(second.id)) is None
+    assert run(store.get_run_events(second.id)) == []
     other = add_conversation(store, agent)
     fourth = add_run(store, agent, other)
-    run(store.save_run_events(fourth.id, log))
+    run(store.append_run_events(fourth.id, chunks[0]))
     run(store.delete_agent(agent.id))
-    assert run(store.get_run_events(fourth.id)) is None
+    assert run(store.get_run_events(fourth.id)) == []
+
+
+def test_concurrent_appends_to_one_run_log_keep_every_batch(store: Store) -> None:
+    agent = add_agent(store)
+    run_ = add_run(store, agent, add_conversation(store, agent))
+
+    async def append_all() -> None:
+        await asyncio.gather(*(store.append_run_events(run_.id, b"[%d]" % n) for n in range(50)))
+
+    run(append_all())
+    assert sorted(run(store.get_run_events(run_.id))) == sorted(b"[%d]" % n for n in range(50))
+
+
+def test_runs_are_found_by_idempotency_key_per_conversation(store: Store) -> None:
+    agent = add_agent(store)
+    one, two = add_conversation(store, agent), add_conversation(store, agent)
+    first = add_run(store, agent, one, idempotency_key="k")
+    add_run(store, agent, one)  # no key
+    elsewhere = add_run(store, agent, two, idempotency_key="k")
+    assert run(store.find_run_by_key(one.id, "k")) == first
+    assert run(store.find_run_by_key(two.id, "k")) == elsewhere
+    assert run(store.find_run_by_key(one.id, "other")) is None
+    retried = add_run(store, agent, one, idempotency_key="k")  # the key moves to the latest run
+    assert run(store.find_run_by_key(one.id, "k")) == retried
+    assert run(store.delete_run(retried.id)) is True
+    assert run(store.find_run_by_key(one.id, "k")) is None
+    assert run(store.delete_conversation(two.id)) is True
+    assert run(store.find_run_by_key(two.id, "k")) is None
+    add_run(store, agent, one, idempotency_key="k")
+    run(store.delete_agent(agent.id))
+    assert run(store.find_run_by_key(one.id, "k")) is None
