@@ -47,7 +47,9 @@ class ConversationActor:
             coalesce_deltas=settings.coalesce_tokens,
             first_batch_hold=settings.first_batch_hold_ms / 1000,
             compatible_providers=settings.compatible_providers,
-            tool_runner=RayToolRunner(settings.tool_timeout_seconds, settings.tool_cpus),
+            tool_runner=RayToolRunner(
+                settings.tool_timeout_seconds, settings.tool_cpus, settings.tool_memory_mb
+            ),
         )
         self._activation: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None

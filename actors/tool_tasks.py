@@ -25,24 +25,32 @@ BACKSTOP_SECONDS = 30.0
 
 @ray.remote(max_retries=0)
 def execute_tool(
-    source_code: str, name: str, arguments: dict[str, Any], char_limit: int, timeout: float
+    source_code: str, name: str, arguments: dict[str, Any], char_limit: int, timeout: float, memory_mb: int
 ) -> ToolOutcome:
     # Provider keys reach provider actors as arguments, never through the environment a tool sees.
     scrub_environment()
-    return run_source(source_code, name, arguments, char_limit, timeout)
+    return run_source(source_code, name, arguments, char_limit, timeout, memory_mb)
 
 
 class RayToolRunner:
     """The ``ToolRunner`` of a conversation actor: one Ray task per call."""
 
-    def __init__(self, timeout_seconds: float, num_cpus: float) -> None:
+    def __init__(self, timeout_seconds: float, num_cpus: float, memory_mb: int = 0) -> None:
         self._timeout = timeout_seconds
         self._num_cpus = num_cpus
+        self._memory_mb = memory_mb
 
     async def run(self, tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
         ref = execute_tool.options(
             num_cpus=self._num_cpus, name=f"tool:{tool.name}", enable_task_events=False
-        ).remote(tool.source_code or "", tool.name, arguments, tool.return_char_limit, self._timeout)
+        ).remote(
+            tool.source_code or "",
+            tool.name,
+            arguments,
+            tool.return_char_limit,
+            self._timeout,
+            self._memory_mb,
+        )
         try:
             return await asyncio.wait_for(_result(ref), self._timeout + BACKSTOP_SECONDS)
         except TimeoutError:

@@ -88,6 +88,7 @@ class Settings(BaseModel):
     openai_default_model: str = "openai/gpt-4o-mini"
     tool_timeout_seconds: float = 60.0  # a tool call still running after this is killed
     tool_cpus: float = 1.0  # Ray CPUs one running tool call holds (bounds concurrent tool processes)
+    tool_memory_mb: int = 512  # address space a tool call may add to its worker (MemoryError past it)
     # Input limits (runtime.limits): text per input message, messages per request, a tool's source
     # code, and a whole request body (413 beyond it).
     max_message_bytes: int = Field(default=1_048_576, gt=0)

@@ -22,6 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+try:
+    import resource
+except ImportError:  # not on POSIX
+    resource = None  # type: ignore[assignment]
+
 # Environment variables a tool must never see (provider keys and the server's own key).
 _SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
@@ -67,13 +72,52 @@ def deadline(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def memory_cap(megabytes: int) -> Iterator[None]:
+    """Let the running code grow the process's address space by at most ``megabytes`` (allocations
+    past it raise ``MemoryError``), then lift the cap again: the worker outlives the call.
+
+    A soft ``RLIMIT_AS`` over what the process already maps (a Ray worker maps a lot up front).
+    It keeps a runaway tool from taking the machine down; it is no wall against code that sets its
+    own limits.
+    """
+    if megabytes <= 0 or resource is None:
+        yield
+        return
+    try:
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: no cap
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = mapped + megabytes * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def run_source(
-    source_code: str, name: str, arguments: dict[str, Any], char_limit: int, timeout: float | None = None
+    source_code: str,
+    name: str,
+    arguments: dict[str, Any],
+    char_limit: int,
+    timeout: float | None = None,
+    memory_mb: int = 0,
 ) -> ToolOutcome:
     """Define the function from ``source_code`` and call it with ``arguments``; never raises."""
     out, err = io.StringIO(), io.StringIO()
     status: Literal["success", "error"] = "success"
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), deadline(timeout):
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        deadline(timeout),
+        memory_cap(memory_mb),
+    ):
         try:
             namespace: dict[str, Any] = {"__name__": "parley_tool"}
             exec(compile(source_code, f"<tool {name}>", "exec"), namespace)
@@ -86,6 +130,8 @@ def run_source(
             content = result_text(result)
         except ToolTimeout as exc:
             status, content = "error", f"TimeoutError: {exc}"
+        except MemoryError:
+            status, content = "error", f"MemoryError: the tool used more than its {memory_mb} MB"
         except (Exception, SystemExit) as exc:  # the tool's failure is the model's information
             status = "error"
             content = f"{type(exc).__name__}: {exc}"

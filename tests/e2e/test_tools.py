@@ -162,6 +162,32 @@ def test_tool_exception_is_an_error_result_and_the_run_goes_on(client):
     client.agents.delete(agent.id)
 
 
+HOG = """
+def hog(megabytes: int) -> int:
+    \"\"\"Hold a block of memory.
+
+    Args:
+        megabytes: How much.
+    \"\"\"
+    block = bytearray(megabytes * 1024 * 1024)
+    return len(block) // (1024 * 1024)
+"""
+
+
+def test_a_tool_past_its_memory_cap_gets_a_memory_error_and_its_worker_lives_on(client):
+    tool = client.tools.create(source_code=HOG)
+    agent = tool_agent(client, tool.id)
+    conversation = client.conversations.create(agent_id=agent.id)
+    chunks = send(client, conversation.id, 'call hog with {"megabytes": 4096}')
+    [returned] = of_type(chunks, "tool_return_message")
+    assert returned.status == "error"
+    assert "MemoryError" in returned.tool_return
+    chunks = send(client, conversation.id, 'call hog with {"megabytes": 8}')
+    [returned] = of_type(chunks, "tool_return_message")
+    assert (returned.status, returned.tool_return) == ("success", "8")
+    client.agents.delete(agent.id)
+
+
 def test_hung_tool_is_killed_at_its_timeout(client):
     tool = client.tools.create(source_code=SLEEPY)
     agent = tool_agent(client, tool.id)

@@ -58,3 +58,16 @@ def test_secrets_are_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     scrub_environment()
     assert "OPENAI_API_KEY" not in os.environ and "PARLEY_API_KEY" not in os.environ
     assert os.environ["HARMLESS"] == "1"
+
+
+HOG = "def hog(mb: int) -> int:\n    block = bytearray(mb * 1024 * 1024)\n    return len(block)\n"
+
+
+def test_memory_cap_stops_a_hog_and_is_lifted_afterwards() -> None:
+    outcome = run_source(HOG, "hog", {"mb": 1024}, 1000, memory_mb=64)
+    assert outcome.status == "error"
+    assert outcome.content.startswith("MemoryError")
+    within = run_source(HOG, "hog", {"mb": 16}, 1000, memory_mb=64)
+    assert (within.status, within.content) == ("success", str(16 * 1024 * 1024))
+    # The process itself is not capped once the call is over.
+    assert len(bytearray(256 * 1024 * 1024)) == 256 * 1024 * 1024
