@@ -7,6 +7,7 @@ told apart by its last hex digit (reasoning ends in 0, the assistant text in 1, 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -25,6 +26,13 @@ _PATTERNS: dict[str, re.Pattern[str]] = {}
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4()}"
+
+
+def derived_id(prefix: str, seed: str) -> str:
+    """An id in ``new_id``'s format that is the same for the same ``seed`` (a client's idempotency
+    key): a retried request finds what the first one created."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return f"{prefix}-{uuid.UUID(bytes=digest[:16], version=4)}"
 
 
 def new_otid() -> str:

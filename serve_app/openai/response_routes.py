@@ -20,7 +20,7 @@ from actors.directory import Stream
 from runtime.conversation import Conversation
 from runtime.errors import Conflict, NotFound
 from runtime.events import Done, RunEvent, RunStarted
-from runtime.ids import MESSAGE, new_id
+from runtime.ids import CONVERSATION, MESSAGE, derived_id, new_id
 from runtime.limits import check_metadata
 from runtime.message import Message
 from runtime.providers.base import ToolSchema
@@ -103,8 +103,13 @@ def _check_ranges(body: CreateResponse) -> None:
 
 
 # --- where a response runs ------------------------------------------------------------------------
-async def _target(services: Services, body: CreateResponse) -> tuple[Conversation, str | None]:
-    """The conversation to run in, and the one to show on the response (None when hidden)."""
+async def _target(
+    services: Services, body: CreateResponse, key: str | None
+) -> tuple[Conversation, str | None]:
+    """The conversation to run in, and the one to show on the response (None when hidden).
+
+    With an idempotency ``key``, a retry must reach the conversation the original ran in, where its
+    actor finds the key: a new hidden conversation then has an id derived from the key."""
     if body.conversation is not None and body.previous_response_id is not None:
         raise invalid(
             "Invalid value for 'previous_response_id, conversation': previous_response_id and conversation "
@@ -118,45 +123,56 @@ async def _target(services: Services, body: CreateResponse) -> tuple[Conversatio
         conversation = await load_conversation(services, given)
         if body.store is False:
             # Read the conversation, add nothing to it: run on a copy of its context.
-            return await _fork(services, conversation.id), conversation.id
+            return await _fork(services, conversation.id, key=key), conversation.id
         return conversation, conversation.id
     if body.previous_response_id is None:
         conversation = Conversation(
-            id=services.directory.reserve_conversation_id(),
-            agent_id=(await home_agent(services)).id,
-            ephemeral=True,
+            id=_new_conversation_id(services, key), agent_id=(await home_agent(services)).id, ephemeral=True
         )
-        await services.store.create_conversation(conversation)
+        await services.store.create_conversation(conversation)  # a retry finds it there already
         return conversation, None
     previous = await load_response_run(services, body.previous_response_id)
+    assert previous.conversation_id is not None
+    if key is not None and await services.store.find_run_by_key(previous.conversation_id, key):
+        found = await services.store.get_conversation(previous.conversation_id)
+        if found is not None:
+            return found, None  # the retry of a response that continued the chain
     if not previous.status.terminal:
         raise invalid(
             f"Invalid 'previous_response_id': response {body.previous_response_id!r} is still in progress.",
             "previous_response_id",
         )
-    assert previous.conversation_id is not None
     hidden = previous.request_config["openai"].get("conversation") is None
     latest = await services.store.list_runs(Page(limit=1), conversation_id=previous.conversation_id)
     if hidden and body.store is not False and latest and latest[0].id == previous.id:
         found = await services.store.get_conversation(previous.conversation_id)
         if found is not None:
             return found, None  # the usual chain: continue where the previous response ended
-    return await _fork(services, previous.conversation_id, previous.id), None
+    return await _fork(services, previous.conversation_id, previous.id, key), None
 
 
-async def _fork(services: Services, source_id: str, through_run: str | None = None) -> Conversation:
+def _new_conversation_id(services: Services, key: str | None) -> str:
+    if key is None:
+        return services.directory.reserve_conversation_id()
+    return derived_id(CONVERSATION, f"openai-response:{key}")
+
+
+async def _fork(
+    services: Services, source_id: str, through_run: str | None = None, key: str | None = None
+) -> Conversation:
     """A new ephemeral conversation holding a copy of ``source_id``'s context (up to the end of
     run ``through_run`` when given): a branch that leaves the original as it was."""
+    conversation_id = _new_conversation_id(services, key)
+    if key is not None:
+        retried = await services.store.get_conversation(conversation_id)
+        if retried is not None:
+            return retried  # the original's branch, already made
     source = await services.store.get_conversation(source_id)
     context = await services.store.get_messages(source.in_context_message_ids) if source else []
     if through_run is not None:
         ends = [i for i, m in enumerate(context) if m.run_id == through_run]
         context = context[: ends[-1] + 1] if ends else context
-    conversation = Conversation(
-        id=services.directory.reserve_conversation_id(),
-        agent_id=(await home_agent(services)).id,
-        ephemeral=True,
-    )
+    conversation = Conversation(id=conversation_id, agent_id=(await home_agent(services)).id, ephemeral=True)
     copies = [
         m.model_copy(
             update={
@@ -215,7 +231,7 @@ async def create_response(
     metadata = check_metadata(body.metadata)
     _check_ranges(body)
     client_tools = _function_tools(body.tools, body.tool_choice)
-    conversation, shown = await _target(services, body)
+    conversation, shown = await _target(services, body, idempotency_key)
     echo = {
         **body.model_dump(exclude={"input", "conversation", "stream"}),
         "model": body.model or handle,

@@ -109,3 +109,23 @@ def test_openai_response_with_an_idempotency_key_is_created_once(oai):
     assert again.output_text == first.output_text == "hello once"
     items = oai.conversations.items.list(conversation.id).data
     assert len(items) == 2  # one input, one output
+
+
+def test_openai_response_without_a_conversation_is_created_once(oai):
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = oai.responses.create(model=MODEL, input="say standalone", extra_headers=key)
+    again = oai.responses.create(model=MODEL, input="say standalone", extra_headers=key)
+    assert again.id == first.id
+    assert again.output_text == "standalone"
+    # Chained on it, with a key of its own: the retry is the same response again.
+    chained_key = {"Idempotency-Key": uuid.uuid4().hex}
+    second = oai.responses.create(
+        model=MODEL, input="say chained", previous_response_id=first.id, extra_headers=chained_key
+    )
+    retried = oai.responses.create(
+        model=MODEL, input="say chained", previous_response_id=first.id, extra_headers=chained_key
+    )
+    assert retried.id == second.id
+    assert [i.type for i in oai.responses.input_items.list(second.id).data].count("message") >= 1
+    # Without a key, the same request is a new response.
+    assert oai.responses.create(model=MODEL, input="say standalone").id != first.id
