@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -53,14 +54,25 @@ class ConversationActor:
         )
         self._activation: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self._unclaimed: asyncio.Task[None] | None = None
         self._passivating = False
+        # An actor that is never activated exits after the spare TTL, also when whoever created it
+        # died before calling it (a replica lost with its node, mid-way through filling its warm
+        # pool). A timer thread, as the constructor has no running event loop; the lock orders it
+        # against the first activation.
+        self._claim_lock = threading.Lock()
+        self._unclaimed = threading.Timer(settings.spare_ttl_seconds, self._expire_unclaimed)
+        self._unclaimed.daemon = True
+        self._unclaimed.start()
 
     async def _ready(self) -> ConversationRunner:
+        if self._activation is None:
+            with self._claim_lock:
+                if not self._passivating:
+                    self._activation = asyncio.ensure_future(self._activate())
+                    self._unclaimed.cancel()
         if self._passivating:
             raise ActorPassivating(self._runner.conversation_id)
-        if self._activation is None:
-            self._activation = asyncio.ensure_future(self._activate())
+        assert self._activation is not None
         await self._activation
         return self._runner
 
@@ -86,16 +98,17 @@ class ConversationActor:
         async for batch in runner.follow(run_id, after):
             yield encode_batch(batch)
 
-    async def wait_as_spare(self, ttl_seconds: float) -> bool:
-        """Started ahead of its conversation (the warm pool): exit if none claims it in time, so a
-        pool whose replica went away does not hold processes forever."""
-        self._unclaimed = asyncio.create_task(self._expire_unclaimed(ttl_seconds))
+    async def wait_as_spare(self) -> bool:
+        """Started ahead of its conversation (the warm pool): answers once the actor is up. If no
+        conversation claims it within the spare TTL, it exits by itself."""
         return True
 
-    async def _expire_unclaimed(self, ttl_seconds: float) -> None:
-        await asyncio.sleep(ttl_seconds)
-        if self._activation is None and not self._passivating:
-            self._passivate()
+    def _expire_unclaimed(self) -> None:  # on the timer's thread
+        with self._claim_lock:
+            if self._activation is not None or self._passivating:
+                return
+            self._passivating = True
+        self._passivate()
 
     async def active_run(self) -> str | None:
         return (await self._ready()).active_run_id

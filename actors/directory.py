@@ -45,6 +45,8 @@ class Directory:
         # (id, when its actor came up) of new conversations whose actors are running
         self._spares: deque[tuple[str, float]] = deque()
         self._refilling: asyncio.Future[None] | None = None
+        megabytes = settings.conversation_actor_memory_mb
+        self._reservation = {"memory": megabytes * 1024 * 1024} if megabytes > 0 else {}
 
     # --- the warm pool ----------------------------------------------------------------------------
     def reserve_conversation_id(self) -> str:
@@ -73,7 +75,7 @@ class Directory:
         while len(self._spares) < self._settings.warm_actors:
             conversation_id = ids.new_id(ids.CONVERSATION)
             try:
-                await self._actor(conversation_id).wait_as_spare.remote(self._settings.spare_ttl_seconds)
+                await self._actor(conversation_id).wait_as_spare.remote()
             except Exception as exc:  # the pool is an optimisation: without it, activation is cold
                 log.warning("could not start a spare conversation actor: %s", exc)
                 return
@@ -92,6 +94,7 @@ class Directory:
                 # Across the nodes of a cluster rather than packed onto the head (num_cpus=0
                 # actors would otherwise all land where they were asked for).
                 scheduling_strategy="SPREAD",
+                **self._reservation,
             ).remote(conversation_id, self._settings)
             self._handles[conversation_id] = handle
             if len(self._handles) > CACHED_HANDLES:

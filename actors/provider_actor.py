@@ -29,6 +29,7 @@ from runtime.providers.base import (
 )
 from runtime.providers.encoding import encode
 from runtime.providers.registry import ProviderRegistry
+from runtime.providers.retry import RetryPolicy
 from runtime.settings import ProviderCredentials, Settings
 
 MAX_CONCURRENCY = 2000
@@ -43,7 +44,9 @@ class ProviderActor:
         self._settings = settings
         # Keys come from where the server was started, not from this worker's environment.
         self._registry = ProviderRegistry(
-            credentials, settings.provider_max_retries, settings.provider_timeout_seconds
+            credentials,
+            timeout=settings.provider_timeout_seconds,
+            retry=RetryPolicy.from_settings(settings),
         )
 
     @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn

@@ -67,6 +67,10 @@ class Settings(BaseModel):
     # does not wait for a process to start; an unclaimed one exits after spare_ttl_seconds.
     warm_actors: int = 2
     spare_ttl_seconds: float = 600.0
+    # Ray memory each conversation actor reserves (0: none, the actor asks Ray for nothing). On an
+    # autoscaling cluster set it near an actor's real size (~50 MiB) so that live conversations
+    # count as load: nodes are added when their memory is spoken for.
+    conversation_actor_memory_mb: int = 0
     keepalive_seconds: float = 20.0  # ping on a stream after this much silence
     heartbeat_seconds: float = 1.0  # SSE comment on a silent stream, so a vanished client is noticed
     provider_actors: int = 1
