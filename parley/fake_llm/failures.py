@@ -20,6 +20,7 @@ class Failure:
     param: str | None = None
     prompt_tokens: int = 0  # context_length only
     limit: int = 0  # context_length only
+    retry_after: str | None = None  # the `retry-after` header; 429 says "1" when not given
 
 
 _KIND_BY_STATUS = {
@@ -34,10 +35,10 @@ _KIND_BY_STATUS = {
 }
 
 
-def failure_for_status(status: int) -> Failure:
-    """The failure a `[[status=N]]` directive asks for."""
+def failure_for_status(status: int, retry_after: str | None = None) -> Failure:
+    """The failure a `[[status=N]]` directive (and `[[retry_after=S]]`) asks for."""
     kind = _KIND_BY_STATUS.get(status) or ("server" if status >= 500 else "invalid_request")
-    return Failure(status, kind)
+    return Failure(status, kind, retry_after=retry_after)
 
 
 def bad_request(message: str, param: str | None = None) -> Failure:
@@ -95,7 +96,7 @@ def openai_error(failure: Failure, input_param: str = "messages") -> web.Respons
     else:
         kind, code, usual = _OPENAI[failure.kind]
         error = {"message": failure.message or usual, "type": kind, "param": failure.param, "code": code}
-    return _respond(failure.status, {"error": error}, "x-request-id")
+    return _respond(failure, {"error": error}, "x-request-id")
 
 
 # ---- Anthropic: {"type": "error", "error": {"type", "message"}} ---------------------------
@@ -124,17 +125,21 @@ def anthropic_error(failure: Failure) -> web.Response:
         message = failure.message or usual
     request_id = new_request_id()
     body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
-    return _respond(failure.status, body, "request-id", request_id)
+    return _respond(failure, body, "request-id", request_id)
 
 
 def new_request_id() -> str:
     return new_id("req_")
 
 
-def _respond(status: int, body: object, id_header: str, request_id: str | None = None) -> web.Response:
+def _respond(failure: Failure, body: object, id_header: str, request_id: str | None = None) -> web.Response:
     headers = {id_header: request_id or new_request_id()}
-    if status == 429:
-        headers["retry-after"] = "1"  # SDKs honour it; tests disable retries anyway
+    retry_after = failure.retry_after or ("1" if failure.status == 429 else None)
+    if retry_after is not None:
+        headers["retry-after"] = retry_after  # clients honour it (Parley within a cap)
     return web.Response(
-        status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
+        status=failure.status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers=headers,
     )

@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +16,7 @@ from .directives import Directives, extract_directives
 from .failures import Failure, bad_request, context_too_long, failure_for_status
 from .options import OPTIONS_KEY, FakeLLMOptions
 from .script import Reply, decide
-from .sse import PacedStream, StreamCut, drop_connection
+from .sse import PacedStream, StreamCut, drop_connection, reset_connection
 from .tokens import estimate_tokens, split_tokens, tokens_for_chars
 
 HANG_POLL_SECONDS = 0.05
@@ -63,13 +63,25 @@ async def _serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
         return dialect.error(bad_request(exc.message, exc.param))
 
     directives, text = extract_directives(conv.final_text)
+    attempt = 0  # this request's number among those carrying this prompt, where that matters
+    if directives.fail_first is not None or directives.statuses:
+        attempt = _count_attempt(conv.final_text)
+    if directives.fail_first is not None:
+        if attempt > directives.fail_first:
+            directives = directives.without_faults()  # past the transient fault: a normal reply
+        elif not directives.has_fault:
+            directives = replace(directives, status=503)
     if directives.hang:
         await _wait_for_disconnect(request)
         return web.Response()  # nobody is listening any more
     latency = options.latency if directives.latency is None else directives.latency
     if latency > 0:
         await asyncio.sleep(latency)
-    failure = _failure(conv, directives, options)
+    if directives.reset and directives.reset_after is None:
+        # The whole request arrived; the connection dies without a byte of answer.
+        reset_connection(request)
+        return web.Response()  # nobody is listening any more
+    failure = _failure(conv, directives, options, attempt)
     if failure is not None:
         return dialect.error(failure)
 
@@ -77,10 +89,16 @@ async def _serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     if not conv.stream:
         if directives.cut is not None:  # a non-streamed reply can only be cut before it starts
             drop_connection(request)
+        elif directives.reset_after is not None:
+            reset_connection(request)
+        elif directives.stall:  # nothing to stall in the middle of: a late answer
+            await asyncio.sleep(directives.stall)
         return dialect.render(exchange)
 
     delay = options.token_delay if directives.token_delay is None else directives.token_delay
-    out = PacedStream(request, delay, directives.cut)
+    out = PacedStream(
+        request, delay, directives.cut, directives.reset_after, directives.stall, directives.stall_after
+    )
     try:
         await dialect.stream(out, exchange)
     except (StreamCut, ConnectionError):
@@ -102,12 +120,12 @@ def _parse(raw: bytes, dialect: Dialect) -> tuple[dict[str, Any], Conversation]:
         raise BadRequest(f"Invalid request body: {exc!r}") from None
 
 
-def _failure(conv: Conversation, directives: Directives, options: FakeLLMOptions) -> Failure | None:
-    if directives.fail_first is not None:
-        if _count_attempt(conv.final_text) <= directives.fail_first:
-            return failure_for_status(directives.status or 503)
-    elif directives.status is not None:
-        return failure_for_status(directives.status)
+def _failure(
+    conv: Conversation, directives: Directives, options: FakeLLMOptions, attempt: int
+) -> Failure | None:
+    status = directives.status_for_attempt(attempt)
+    if status is not None:
+        return failure_for_status(status, directives.retry_after)
     prompt_tokens = tokens_for_chars(conv.prompt_chars)
     if prompt_tokens > options.max_context_tokens:
         return context_too_long(prompt_tokens, options.max_context_tokens)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -17,6 +19,9 @@ _HOLE = "\x00"  # marks where a Template substitutes a value
 _HOLE_JSON = _encode_str(_HOLE)
 
 DONE = "data: [DONE]\n\n"
+# Before a mid-stream reset, the tokens already written get this long to reach the client: a TCP
+# reset makes the peer's kernel throw away whatever its reader has not taken yet.
+RESET_GRACE_SECONDS = 0.2
 
 
 def dumps(obj: Any) -> str:
@@ -63,7 +68,7 @@ class Template:
 
 
 class StreamCut(Exception):
-    """Raised after a `[[cut=K]]` stream has been dropped on purpose."""
+    """Raised after a `[[cut=K]]` (or `[[reset=K]]`) stream has been dropped on purpose."""
 
 
 class PacedStream:
@@ -71,16 +76,30 @@ class PacedStream:
 
     Frames are buffered as text and, with no pacing, written in one go at the end:
     one encode and one write per reply keep the per-request CPU (and syscalls) small.
+
+    `reset` aborts the connection (TCP reset) after that many tokens instead of closing it;
+    `stall` goes silent for that many seconds once `stall_after` tokens are out.
     """
 
-    def __init__(self, request: web.Request, token_delay: float, cut: int | None) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        token_delay: float,
+        cut: int | None,
+        reset: int | None = None,
+        stall: float | None = None,
+        stall_after: int = 0,
+    ) -> None:
         self.response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
         )
         self._request = request
         self._delay = token_delay
         self._cut = cut
-        self._paced = token_delay > 0 or cut is not None
+        self._reset = reset
+        self._stall = stall
+        self._stall_after = stall_after
+        self._paced = token_delay > 0 or cut is not None or reset is not None or stall is not None
         self._buffer: list[str] = []
         self._tokens = 0
         self._after_last_token = 0  # buffer length right after the latest token
@@ -99,8 +118,7 @@ class PacedStream:
             self._buffer.extend(frames)
             return
         for frame in frames:
-            if self._cut is not None and self._tokens >= self._cut:
-                await self._drop()
+            await self._before_token()
             if self._delay > 0 and self._tokens > 0:
                 await self._flush()
                 await asyncio.sleep(self._delay)
@@ -109,12 +127,26 @@ class PacedStream:
             self._after_last_token = len(self._buffer)
 
     async def finish(self) -> None:
-        if self._cut is not None:
+        if self._cut is not None or self._reset is not None:
             # A cut stream never completes, even when the reply had fewer than K tokens.
             del self._buffer[self._after_last_token :]
             await self._drop()
+        await self._maybe_stall()
         await self._flush()
         await self.response.write_eof()
+
+    async def _before_token(self) -> None:
+        if self._reset is not None and self._tokens >= self._reset:
+            await self._drop()
+        if self._cut is not None and self._tokens >= self._cut:
+            await self._drop()
+        await self._maybe_stall()
+
+    async def _maybe_stall(self) -> None:
+        if self._stall is not None and self._tokens >= self._stall_after:
+            stall, self._stall = self._stall, None  # once
+            await self._flush()
+            await asyncio.sleep(stall)
 
     async def _flush(self) -> None:
         if self._buffer:
@@ -124,7 +156,11 @@ class PacedStream:
 
     async def _drop(self) -> None:
         await self._flush()
-        drop_connection(self._request)
+        if self._reset is not None:
+            await asyncio.sleep(RESET_GRACE_SECONDS)
+            reset_connection(self._request)
+        else:
+            drop_connection(self._request)
         raise StreamCut
 
 
@@ -133,3 +169,16 @@ def drop_connection(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+def reset_connection(request: web.Request) -> None:
+    """Abort the connection with a TCP reset (RST, not FIN), as a crashing peer or middlebox does;
+    anything still buffered is thrown away."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linger on, timeout 0: close() sends RST at once.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -45,6 +45,12 @@ class AnthropicProvider:
             self._clients[base_url] = client
         return client
 
+    async def aclose(self) -> None:
+        """Close the SDK clients (and their connection pools)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
     async def complete(self, request: ModelRequest) -> ModelResponse:
         return await self.send(encode(request))
 

@@ -3,10 +3,11 @@
 The SDK runs on its aiohttp transport: with hundreds of concurrent calls on one event loop it keeps
 up where the default httpx pool falls behind (measured in shared/notes/ray-on-this-machine.md).
 
-Calls go through the SDK's generic ``post`` (auth, retries, errors, typed parsing all included)
-rather than ``chat.completions.create``: ``create`` first walks the whole request through the SDK's
-type-driven param transform, which cost ~14 ms of CPU per call for a 40-message history here,
-growing with the history; the body we build is already in wire form, so that walk buys nothing.
+Calls go through the SDK's generic ``post`` (auth, errors, typed parsing all included) rather than
+``chat.completions.create``: ``create`` first walks the whole request through the SDK's type-driven
+param transform, which cost ~14 ms of CPU per call for a 40-message history here, growing with the
+history; the body we build is already in wire form, so that walk buys nothing. Retries are not the
+SDK's but Parley's (``retry.py``): ``ProviderRegistry`` builds this adapter with ``max_retries=0``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class OpenAIProvider:
 
     # The wire format this adapter speaks (the Responses adapter swaps in its own).
     encode = staticmethod(encode)
+
+    async def aclose(self) -> None:
+        """Close the SDK clients (and their connection pools)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         return await self.send(self.encode(request))

@@ -60,6 +60,12 @@ class ProviderRegistry:
             return AnthropicProvider(creds.anthropic_api_key, creds.anthropic_base_url, 0, self._timeout)
         raise ProviderError(f"unknown provider {provider!r}", "not_found")
 
+    async def aclose(self) -> None:
+        """Close every adapter built so far."""
+        adapters, self._adapters = list(self._adapters.values()), {}
+        for adapter in adapters:
+            await adapter.aclose()
+
     async def send(self, encoded: EncodedRequest) -> ModelResponse:
         adapter = self.adapter(encoded.provider)
         return await complete_with_retries(lambda: adapter.send(encoded), self._retry)

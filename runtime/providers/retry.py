@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RETRIED_KINDS = frozenset({"rate_limit", "server", "timeout", "connection"})
 RETRIED_STATUSES = frozenset({408, 409})  # request timeout, lock timeout (as the SDKs do)
+NOT_TRANSIENT = "not a transient error"
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -58,12 +59,11 @@ class RetryPolicy:
 
     def wait_before_retry(self, error: ProviderError, retries_done: int) -> float | str:
         """Seconds to wait before retrying after ``error``, or why not to retry."""
+        transient = error.kind in RETRIED_KINDS or error.status in RETRIED_STATUSES
+        if not transient and error.should_retry is not True:
+            return NOT_TRANSIENT
         if error.should_retry is False:
             return "the provider said not to retry"
-        if error.should_retry is None and not (
-            error.kind in RETRIED_KINDS or error.status in RETRIED_STATUSES
-        ):
-            return "not a transient error"
         if retries_done >= self.max_retries:
             return f"gave up after {retries_done + 1} attempts"
         if error.retry_after is not None:
@@ -77,9 +77,10 @@ class RetryPolicy:
         return backoff * (1 - 0.25 * random.random())
 
 
-def _final(error: ProviderError, why: str, retries_done: int) -> ProviderError:
-    """The error a call ends with: the provider's, plus what Parley did about it."""
-    if why == "not a transient error":
+def _final(error: ProviderError, why: str) -> ProviderError:
+    """The error a call ends with: the provider's, plus why Parley did not retry it (nothing to
+    add for an error no one would retry)."""
+    if why == NOT_TRANSIENT:
         return error
     return ProviderError(
         f"{error.message}; {why}", error.kind, error.status, error.retry_after, error.should_retry
@@ -98,7 +99,7 @@ async def complete_with_retries(
         except ProviderError as exc:
             wait = policy.wait_before_retry(exc, retries)
             if isinstance(wait, str):
-                raise _final(exc, wait, retries) from None
+                raise _final(exc, wait) from None
             log.info("retrying provider call in %.2f s (retry %d): %s", wait, retries + 1, exc.message)
             await sleep(wait)
             retries += 1
@@ -123,12 +124,10 @@ async def stream_with_retries(
             return
         except ProviderError as exc:
             if emitted:
-                raise _final(
-                    exc, "the reply had already started streaming, so it was not retried", retries
-                ) from None
+                raise _final(exc, "the reply had already started streaming, so it was not retried") from None
             wait = policy.wait_before_retry(exc, retries)
             if isinstance(wait, str):
-                raise _final(exc, wait, retries) from None
+                raise _final(exc, wait) from None
             log.info("retrying provider stream in %.2f s (retry %d): %s", wait, retries + 1, exc.message)
         await sleep(wait)
         retries += 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import openai
 import pytest
 
@@ -141,6 +142,25 @@ def test_directives_are_parsed_and_stripped() -> None:
     assert text == "hi"
     assert extract_directives("plain [[other]] text") == (Directives(), "plain [[other]] text")
     assert extract_directives("[[status=200]] x")[0].status is None  # not an error status: ignored
+
+
+def test_fault_directives_are_parsed() -> None:
+    found, text = extract_directives(
+        "[[reset]] [[stall=1.5]] [[stall_after=4]] [[retry_after=2.5]] [[status=500,502,503]] go"
+    )
+    assert text == "go"
+    assert (found.reset, found.reset_after) == (True, None)
+    assert (found.stall, found.stall_after, found.retry_after) == (1.5, 4, "2.5")
+    assert found.status == 500 and found.statuses == (500, 502, 503)
+    assert [found.status_for_attempt(n) for n in (1, 2, 3, 4)] == [500, 502, 503, 503]
+    assert extract_directives("[[reset=0]] x")[0].reset_after == 0
+    assert extract_directives("[[reset=-1]] x")[0] == Directives()  # malformed: ignored
+    assert extract_directives("[[status=500,200]] x")[0].status is None  # one bad status spoils it
+    assert extract_directives("[[retry_after=soon]] x")[0].retry_after is None
+    # Past `fail_first`, only what is not a fault stays.
+    transient, _ = extract_directives("[[fail_first=1]] [[latency=3]] [[token_delay=0.1]] x")
+    assert transient.has_fault
+    assert transient.without_faults() == Directives(token_delay=0.1)
 
 
 def test_tokens() -> None:
@@ -441,6 +461,91 @@ def test_fail_first_directive_is_transient(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.InternalServerError) as overloaded:  # 503 when no status is given
         oai.chat.completions.create(model="m", messages=[user("[[fail_first=1]] say other-91b2")])
     assert overloaded.value.status_code == 503
+
+
+def test_status_burst_and_retry_after(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
+    prompt = "[[fail_first=2]] [[status=500,502]] [[retry_after=0.5]] say burst-5c1d"
+    seen = []
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError) as failed:
+            oai.chat.completions.create(model="m", messages=[user(prompt)])
+        seen.append(failed.value.status_code)
+        assert failed.value.response.headers["retry-after"] == "0.5"
+    assert seen == [500, 502]
+    third = oai.chat.completions.create(model="m", messages=[user(prompt)])
+    assert third.choices[0].message.content == "burst-5c1d"
+    # Without fail_first the burst goes on: its last status repeats.
+    persistent = "[[status=502,503]] say burst-77aa"
+    statuses = []
+    for _ in range(3):
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            ant.messages.create(model="c", max_tokens=10, messages=[user(persistent)])
+        statuses.append(refused.value.status_code)
+    assert statuses == [502, 503, 503]
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        ant.messages.create(model="c", max_tokens=10, messages=[user("[[status=429]] [[retry_after=30]] hi")])
+    assert limited.value.response.headers["retry-after"] == "30"
+
+
+def test_fail_first_applies_to_every_fault(oai: openai.OpenAI) -> None:
+    slow = "[[fail_first=1]] [[latency=0.4]] say spike-0b3e"
+    started = time.monotonic()
+    oai.chat.completions.create(model="m", messages=[user(slow)])
+    assert time.monotonic() - started >= 0.4
+    started = time.monotonic()
+    second = oai.chat.completions.create(model="m", messages=[user(slow)])
+    assert time.monotonic() - started < 0.4  # the spike is over
+    assert second.choices[0].message.content == "spike-0b3e"
+    reset = "[[fail_first=1]] [[reset]] say reset-52d0"
+    with pytest.raises(openai.APIConnectionError):
+        oai.chat.completions.create(model="m", messages=[user(reset)])
+    assert oai.chat.completions.create(model="m", messages=[user(reset)]).choices[0].message.content == (
+        "reset-52d0"
+    )
+
+
+def test_reset_directive(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
+    # Before any response: not even headers come back.
+    with pytest.raises(openai.APIConnectionError) as no_answer:
+        oai.chat.completions.create(model="m", messages=[user("[[reset]] hi")])
+    assert no_answer.value.__cause__ is not None
+    with pytest.raises(anthropic.APIConnectionError):
+        ant.messages.create(model="c", max_tokens=10, messages=[user("[[reset]] hi")], stream=True)
+    # Mid-stream: the first K tokens arrive, then the connection is reset.
+    pieces: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in oai.chat.completions.create(
+            model="m", stream=True, messages=[user("[[reset=2]] count to 20")]
+        ):
+            pieces.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(pieces) == "1 2 "
+    received: list[str] = []
+    with pytest.raises(httpx2.ReadError):  # the anthropic SDK lets the transport's error through
+        with ant.messages.stream(model="c", max_tokens=100, messages=[user("[[reset=0]] count to 9")]) as s:
+            received.extend(s.text_stream)
+    assert received == []
+
+
+def test_stall_directive(fake: FakeLLMThread, oai: openai.OpenAI) -> None:
+    # A stall the client waits out: the reply completes, late.
+    started = time.monotonic()
+    stream = oai.chat.completions.create(
+        model="m", stream=True, messages=[user("[[stall=0.3]] [[stall_after=2]] count to 4")]
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "1 2 3 4"
+    assert time.monotonic() - started >= 0.3
+    # A stall longer than the client's timeout: the stream opened, then the read timed out.
+    impatient = openai.OpenAI(base_url=fake.openai_base_url, api_key="fake", max_retries=0, timeout=0.3)
+    pieces: list[str] = []
+    with pytest.raises(openai.APITimeoutError):
+        for chunk in impatient.chat.completions.create(
+            model="m", stream=True, messages=[user("[[stall=2]] [[stall_after=1]] count to 4")]
+        ):
+            pieces.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(pieces) == "1 "
+    started = time.monotonic()
+    late = oai.chat.completions.create(model="m", messages=[user("[[stall=0.3]] say late")])
+    assert late.choices[0].message.content == "late" and time.monotonic() - started >= 0.3
 
 
 def test_cut_directive_ends_stream_early(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
