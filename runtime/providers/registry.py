@@ -30,6 +30,21 @@ class ProviderRegistry:
         self._retry = retry or RetryPolicy(max_retries=max_retries)
         self._timeout = timeout
         self._adapters: dict[str, Any] = {}
+        # Keys a provider's error text might quote back (a compatible server echoing the key it
+        # refused): they never reach a run's error, a response or a log line.
+        self._secrets = sorted(
+            {
+                k
+                for k in (
+                    credentials.openai_api_key,
+                    credentials.anthropic_api_key,
+                    *credentials.endpoint_keys.values(),
+                )
+                if k and len(k) >= 6
+            },
+            key=len,
+            reverse=True,
+        )
 
     def adapter(self, provider: str) -> Any:
         """The provider's adapter (``OpenAIProvider``, ``OpenAIResponsesProvider``,
@@ -68,8 +83,26 @@ class ProviderRegistry:
 
     async def send(self, encoded: EncodedRequest) -> ModelResponse:
         adapter = self.adapter(encoded.provider)
-        return await complete_with_retries(lambda: adapter.send(encoded), self._retry)
+        try:
+            return await complete_with_retries(lambda: adapter.send(encoded), self._retry)
+        except ProviderError as exc:
+            raise self._scrubbed(exc) from None
 
-    def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+    async def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         adapter = self.adapter(encoded.provider)
-        return stream_with_retries(lambda: adapter.stream_encoded(encoded), self._retry)
+        try:
+            async for item in stream_with_retries(lambda: adapter.stream_encoded(encoded), self._retry):
+                yield item
+        except ProviderError as exc:
+            raise self._scrubbed(exc) from None
+
+    def _scrubbed(self, error: ProviderError) -> ProviderError:
+        message = error.message
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        if message == error.message:
+            return error
+        scrubbed = ProviderError(message, error.kind, error.status)
+        scrubbed.__dict__.update({k: v for k, v in vars(error).items() if k != "message"})
+        scrubbed.message = message
+        return scrubbed

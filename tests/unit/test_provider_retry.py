@@ -353,3 +353,43 @@ def test_retry_after_is_waited_for(fake: FakeLLMThread) -> None:
         fake, "openai", "gpt-4o-mini", f"[[fail_first=1]] [[status=503]] [[retry_after=0.5]] say {word}", True
     )
     assert got == word and took >= 0.5
+
+
+def test_the_registry_keeps_provider_keys_out_of_error_messages() -> None:
+    from runtime.providers.base import EncodedRequest
+    from runtime.providers.registry import ProviderRegistry
+    from runtime.settings import ProviderCredentials
+
+    key = "sk-test-very-secret-0123"
+
+    class Echoing:
+        """A compatible server that quotes the refused key back."""
+
+        async def send(self, encoded: EncodedRequest) -> ModelResponse:
+            raise ProviderError(f"Incorrect API key provided: {key}", "auth", status=401)
+
+        async def stream_encoded(self, encoded: EncodedRequest):
+            raise ProviderError(f"Incorrect API key provided: {key}", "auth", status=401)
+            yield  # pragma: no cover - makes this a generator
+
+    registry = ProviderRegistry(ProviderCredentials(openai_api_key=key), max_retries=0)
+    registry._adapters["openai"] = Echoing()
+    encoded = EncodedRequest(provider="openai", endpoint=None, body={})
+
+    async def main() -> list[ProviderError]:
+        caught = []
+        try:
+            await registry.send(encoded)
+        except ProviderError as exc:
+            caught.append(exc)
+        try:
+            async for _ in registry.stream_encoded(encoded):
+                pass
+        except ProviderError as exc:
+            caught.append(exc)
+        return caught
+
+    for error in asyncio.run(main()):
+        assert key not in error.message and key not in str(error)
+        assert "Incorrect API key provided: ***" in error.message
+        assert (error.kind, error.status) == ("auth", 401)
