@@ -46,10 +46,10 @@ class AgentLoop:
         """Run steps until the model replies without calling a tool; ``usage`` is updated as steps
         complete (the caller keeps it, so a cancelled run still reports what it used)."""
         started = time.monotonic_ns()
-        for _ in range(max(request.max_steps, 1)):
+        for step in range(max(request.max_steps, 1)):
             step_id = ids.new_id(ids.STEP)
             message_id = ids.new_id(ids.MESSAGE)
-            model_request = self._model_request(agent, state, toolbox, request)
+            model_request = self._model_request(agent, state, toolbox, request, first=step == 0)
             try:
                 if request.stream_tokens:
                     response = await self._stream_step(model_request, run, message_id, log, started)
@@ -126,7 +126,7 @@ class AgentLoop:
             await state.refresh_system_message(agent, await state.store.get_blocks(agent.block_ids))
 
     def _model_request(
-        self, agent: Agent, state: ConversationState, toolbox: Toolbox, request: TurnRequest
+        self, agent: Agent, state: ConversationState, toolbox: Toolbox, request: TurnRequest, first: bool
     ) -> ModelRequest:
         llm = agent.llm_config
         settings = agent.model_settings or {}
@@ -152,6 +152,10 @@ class AgentLoop:
             thinking=thinking if thinking and thinking.get("type") == "enabled" else None,
             reasoning_effort=effort or getattr(llm, "reasoning_effort", None),
             endpoint=llm.model_endpoint,
+            # Forcing a tool applies to the first step only: forced on every step, the model could
+            # never answer after the tool's result.
+            tool_required=first and request.tool_required,
+            forced_tool=request.forced_tool if first else None,
         )
 
     async def _stream_step(

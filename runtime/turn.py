@@ -39,3 +39,6 @@ class TurnRequest(BaseModel):
     max_tokens: int | None = None
     temperature: float | None = None
     idempotency_key: str | None = None
+    # The first step must call a tool: any ("required"), or the one named (OpenAI ``tool_choice``).
+    tool_required: bool = False
+    forced_tool: str | None = None

@@ -9,7 +9,16 @@ from typing import Any
 
 from aiohttp import web
 
-from .conversation import BadRequest, Conversation, ToolResult, Turn, schema_chars, text_of, tool_list
+from .conversation import (
+    BadRequest,
+    Conversation,
+    ToolResult,
+    Turn,
+    forced_tool,
+    schema_chars,
+    text_of,
+    tool_list,
+)
 from .failures import anthropic_error, bad_request
 from .ids import new_id
 from .pipeline import Dialect, Exchange
@@ -52,6 +61,7 @@ def parse_messages(body: dict[str, Any]) -> Conversation:
     for tool in tools:
         if "name" in tool and "input_schema" in tool:
             conv.tools[tool["name"]] = tool["input_schema"] or {}
+    conv.forced_tool = forced_tool(body.get("tool_choice"))
     conv.prompt_chars = chars + schema_chars(tools)
     return conv
 

@@ -34,6 +34,8 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     # Offered tools: name -> JSON schema of the arguments.
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The request's tool_choice when it forces a call: a tool's name, or ANY_TOOL.
+    forced_tool: str | None = None
     # Set when the request's final message is a tool result rather than user text.
     tool_result: ToolResult | None = None
     # Characters of messages, system prompt and tool schemas (the basis for prompt tokens).
@@ -93,3 +95,24 @@ def tool_list(body: dict[str, Any]) -> list[dict[str, Any]]:
 def schema_chars(tools: list[dict[str, Any]]) -> int:
     """Characters the tool definitions add to the prompt (one encode for the whole list)."""
     return len(json.dumps(tools, separators=(",", ":"))) if tools else 0
+
+
+ANY_TOOL = "*"
+
+
+def forced_tool(choice: Any) -> str | None:
+    """What a request's ``tool_choice`` forces, in any of the three wire forms: a tool's name
+    (OpenAI chat ``{"type": "function", "function": {"name"}}``, Responses ``{"type": "function",
+    "name"}``, Anthropic ``{"type": "tool", "name"}``), ``ANY_TOOL`` (``"required"``, Anthropic
+    ``{"type": "any"}``), or None (auto, none, absent)."""
+    if choice == "required":
+        return ANY_TOOL
+    if not isinstance(choice, dict):
+        return None
+    kind = choice.get("type")
+    if kind == "any":
+        return ANY_TOOL
+    if kind in ("function", "tool"):
+        name = choice.get("name") or (choice.get("function") or {}).get("name")
+        return name if isinstance(name, str) and name else None
+    return None

@@ -7,7 +7,16 @@ from typing import Any
 
 from aiohttp import web
 
-from .conversation import BadRequest, Conversation, ToolResult, Turn, schema_chars, text_of, tool_list
+from .conversation import (
+    BadRequest,
+    Conversation,
+    ToolResult,
+    Turn,
+    forced_tool,
+    schema_chars,
+    text_of,
+    tool_list,
+)
 from .failures import openai_error
 from .ids import new_id
 from .pipeline import Dialect, Exchange
@@ -62,6 +71,7 @@ def parse_chat(body: dict[str, Any]) -> Conversation:
         function = tool.get("function") or {}
         if "name" in function:
             conv.tools[function["name"]] = function.get("parameters") or {}
+    conv.forced_tool = forced_tool(body.get("tool_choice"))
     chars += schema_chars(tools)
     conv.prompt_chars = chars
     return conv

@@ -8,7 +8,16 @@ from typing import Any
 
 from aiohttp import web
 
-from .conversation import BadRequest, Conversation, ToolResult, Turn, schema_chars, text_of, tool_list
+from .conversation import (
+    BadRequest,
+    Conversation,
+    ToolResult,
+    Turn,
+    forced_tool,
+    schema_chars,
+    text_of,
+    tool_list,
+)
 from .failures import openai_error
 from .ids import new_id
 from .pipeline import Dialect, Exchange
@@ -72,6 +81,7 @@ def parse_responses(body: dict[str, Any]) -> Conversation:
     for tool in tools:
         if tool.get("type") == "function" and "name" in tool:
             conv.tools[tool["name"]] = tool.get("parameters") or {}
+    conv.forced_tool = forced_tool(body.get("tool_choice"))
     chars += schema_chars(tools)
     conv.prompt_chars = chars
     return conv

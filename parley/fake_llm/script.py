@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .conversation import Conversation
+from .conversation import ANY_TOOL, Conversation
 
 COUNT_LIMIT = 10_000  # `count to N` is capped so one request cannot eat the benchmark machine
 DEFAULT_REASONING = "Considering the request."
@@ -41,10 +41,24 @@ def decide(conv: Conversation, text: str) -> Reply:
     if conv.tool_result is not None:
         reply = Reply(f"Tool {conv.tool_result.name} returned: {text}")
     else:
-        reply = _first_rule(conv, text.strip())
+        reply = _obey_tool_choice(conv, _first_rule(conv, text.strip()))
     if conv.can_reason and reply.reasoning is None:
         reply = Reply(reply.text, DEFAULT_REASONING, reply.tool_call)
     return reply
+
+
+def _obey_tool_choice(conv: Conversation, reply: Reply) -> Reply:
+    """A request that forces a tool call gets one: the forced tool (or the first offered), with the
+    arguments the rule chose when it called that tool, else placeholders."""
+    wanted = conv.forced_tool
+    if wanted is None or not conv.tools:
+        return reply
+    name = next(iter(conv.tools)) if wanted == ANY_TOOL else wanted
+    if reply.tool_call is not None and (wanted == ANY_TOOL or reply.tool_call.name == name):
+        return reply
+    if name not in conv.tools:
+        return reply
+    return Reply("", reply.reasoning, ToolCall(name, json.dumps(placeholder_arguments(conv.tools[name]))))
 
 
 def _first_rule(conv: Conversation, text: str) -> Reply:

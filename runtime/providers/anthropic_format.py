@@ -24,6 +24,10 @@ def encode(request: ModelRequest, cache: MessageCache | None = None) -> EncodedR
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
         ]
+        if request.forced_tool:
+            body["tool_choice"] = {"type": "tool", "name": request.forced_tool}
+        elif request.tool_required:
+            body["tool_choice"] = {"type": "any"}
     if request.temperature is not None and not request.thinking:
         body["temperature"] = request.temperature
     if request.thinking:

@@ -33,6 +33,9 @@ class ModelRequest(BaseModel):
     thinking: dict[str, Any] | None = None  # Anthropic extended thinking settings
     reasoning_effort: str | None = None  # OpenAI reasoning effort for Responses-API models
     endpoint: str | None = None  # a base URL overriding the provider's default
+    # The call must use a tool: any of ``tools`` ("required"), or the one named by ``forced_tool``.
+    tool_required: bool = False
+    forced_tool: str | None = None
 
 
 @dataclass

@@ -25,6 +25,10 @@ def encode(request: ModelRequest, cache: MessageCache | None = None) -> EncodedR
             }
             for t in request.tools
         ]
+        if request.forced_tool:
+            body["tool_choice"] = {"type": "function", "function": {"name": request.forced_tool}}
+        elif request.tool_required:
+            body["tool_choice"] = "required"
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:

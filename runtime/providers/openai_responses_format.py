@@ -48,6 +48,10 @@ def encode(request: ModelRequest, cache: MessageCache | None = None) -> EncodedR
             }
             for t in request.tools
         ]
+        if request.forced_tool:
+            body["tool_choice"] = {"type": "function", "name": request.forced_tool}
+        elif request.tool_required:
+            body["tool_choice"] = "required"
     if request.max_tokens is not None:
         body["max_output_tokens"] = request.max_tokens
     return EncodedRequest(provider=PROVIDER, endpoint=request.endpoint, body=body)

@@ -26,6 +26,7 @@ from runtime.message import Message
 from runtime.providers.base import ToolSchema
 from runtime.run import Run, RunStatus
 from runtime.store import Page
+from runtime.tools.schema import given_function
 from runtime.turn import TurnRequest
 from serve_app import sse as sse_frames
 from serve_app.routing import IdempotencyKey, OpenAIPageLimit
@@ -83,9 +84,34 @@ def _function_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> lis
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise invalid(f"Missing required parameter: 'tools[{index}].name'.", f"tools[{index}].name")
-        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-        out.append(ToolSchema(name=name, description=tool.get("description") or "", parameters=parameters))
+        parameters = tool.get("parameters") or None
+        out.append(given_function(name, tool.get("description"), parameters, f"tools[{index}]"))
     return out
+
+
+def _forced_tool(tool_choice: Any, tools: list[ToolSchema]) -> tuple[bool, str | None]:
+    """``tool_choice`` as (a tool call is required, the tool it must be): "auto" / "none" / absent
+    force nothing, "required" any of the tools, ``{"type": "function", "name": ...}`` that one."""
+    if tool_choice is None or tool_choice in ("auto", "none"):
+        return False, None
+    if tool_choice == "required":
+        if not tools:
+            raise invalid(
+                "Invalid 'tool_choice': 'required' needs at least one tool in 'tools'.", "tool_choice"
+            )
+        return True, None
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        name = tool_choice.get("name")
+        if not isinstance(name, str) or name not in {t.name for t in tools}:
+            raise invalid(
+                f"Invalid 'tool_choice': function {name!r} is not among the function tools in 'tools'.",
+                "tool_choice",
+            )
+        return True, name
+    raise invalid(
+        "Invalid 'tool_choice': expected 'auto', 'none', 'required' or {'type': 'function', 'name': ...}.",
+        "tool_choice",
+    )
 
 
 def _check_ranges(body: CreateResponse) -> None:
@@ -231,6 +257,7 @@ async def create_response(
     metadata = check_metadata(body.metadata)
     _check_ranges(body)
     client_tools = _function_tools(body.tools, body.tool_choice)
+    tool_required, forced_tool = _forced_tool(body.tool_choice, client_tools)
     conversation, shown = await _target(services, body, idempotency_key)
     echo = {
         **body.model_dump(exclude={"input", "conversation", "stream"}),
@@ -252,6 +279,8 @@ async def create_response(
         request_config={"openai": echo},
         run_metadata={"run_type": "openai_response"},
         idempotency_key=idempotency_key,
+        tool_required=tool_required,
+        forced_tool=forced_tool,
     )
     stream = await services.directory.open_stream(conversation.id, "send", turn)
     run_id = next(e.run_id for e in stream.first if isinstance(e, RunStarted))

@@ -506,6 +506,43 @@ def test_stream_helper_with_a_function_call(oai):
 # ---- client-side function calling ----------------------------------------------------------------
 
 
+CLOCK_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "get_time",
+    "description": "The current time in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "choice", "called"),
+    [
+        (MODEL, "required", "get_weather"),
+        (MODEL, {"type": "function", "name": "get_time"}, "get_time"),
+        ("anthropic/claude-sonnet-4-5", {"type": "function", "name": "get_time"}, "get_time"),
+        ("openai/o4-mini", "required", "get_weather"),
+    ],
+    ids=["required", "named", "named-anthropic", "required-responses-api"],
+)
+def test_tool_choice_forces_a_call(oai, model, choice, called):
+    # The prompt asks for no tool: only tool_choice makes the model call one.
+    response = oai.responses.create(
+        model=model, input="say nothing special", tools=[WEATHER_TOOL, CLOCK_TOOL], tool_choice=choice
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [c.name for c in calls] == [called]
+    assert response.tool_choice == choice if isinstance(choice, str) else response.tool_choice.name == called
+
+
+def test_tool_choice_naming_an_unknown_function_is_a_400(oai):
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.responses.create(
+            model=MODEL, input="hi", tools=[WEATHER_TOOL], tool_choice={"type": "function", "name": "nope"}
+        )
+    assert caught.value.body["param"] == "tool_choice"
+    assert "nope" in caught.value.body["message"]
+
+
 @pytest.mark.parametrize("carry", ["conversation", "previous_response_id", "resend"])
 def test_function_call_round_trip(oai, carry):
     conv = oai.conversations.create() if carry == "conversation" else None

@@ -660,3 +660,15 @@ def test_cli_prints_listening_line() -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=3) == 0
+
+
+def test_tool_choice_in_every_wire_form_is_understood() -> None:
+    from parley.fake_llm.conversation import ANY_TOOL, forced_tool
+
+    assert forced_tool("required") == ANY_TOOL
+    assert forced_tool({"type": "any"}) == ANY_TOOL
+    assert forced_tool({"type": "function", "function": {"name": "a"}}) == "a"  # chat completions
+    assert forced_tool({"type": "function", "name": "b"}) == "b"  # Responses
+    assert forced_tool({"type": "tool", "name": "c"}) == "c"  # Anthropic
+    for unforced in (None, "auto", "none", {"type": "auto"}, {"type": "function"}):
+        assert forced_tool(unforced) is None
