@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from actors.directory import Stream
@@ -25,6 +25,7 @@ from runtime.limits import check_metadata
 from runtime.message import Message
 from runtime.providers.base import ToolSchema
 from runtime.run import Run, RunStatus
+from runtime.run_log import load_run_log
 from runtime.store import Page
 from runtime.tools.schema import given_function
 from runtime.turn import TurnRequest
@@ -321,34 +322,66 @@ async def _batches(stream: Stream) -> AsyncIterator[list[RunEvent]]:
             return
 
 
-async def _events(services: Services, stream: Stream, run_id: str) -> AsyncIterator[bytes]:
+async def _events(
+    services: Services, stream: Stream, run_id: str, starting_after: int = -1
+) -> AsyncIterator[bytes]:
+    """The response's SSE events, those numbered after ``starting_after`` (a resumed stream)."""
+    async for event in _all_events(services, stream, run_id):
+        if event["sequence_number"] > starting_after:
+            yield sse(event)
+
+
+async def _all_events(services: Services, stream: Stream, run_id: str) -> AsyncIterator[dict[str, Any]]:
     renderer: ResponseStream | None = None
     try:
         run = await services.store.get_run(run_id)
         assert run is not None, run_id
         renderer = ResponseStream(await response_for(services, run))
         for event in renderer.start():
-            yield sse(event)
+            yield event
         async for batch in _batches(stream):
             for event in batch:
                 for out in renderer.feed(event):
-                    yield sse(out)
+                    yield out
         final = await services.store.get_run(run_id)
         assert final is not None, run_id
         for out in renderer.finish(await response_for(services, final)):
-            yield sse(out)
+            yield out
     except Exception as exc:  # the run's actor went away mid-stream: say so, then end
         log.warning("response stream ended by %s: %s", type(exc).__name__, exc)
         message = f"the stream was interrupted: {type(exc).__name__}"
         if renderer is not None:
-            yield sse(renderer.error(message))
+            yield renderer.error(message)
     finally:
         stream.close()
 
 
-@router.get("/responses/{response_id}")
-async def retrieve_response(response_id: str, services: ServicesDep) -> dict[str, Any]:
-    return await response_for(services, await load_response_run(services, response_id))
+@router.get("/responses/{response_id}", response_model=None)
+async def retrieve_response(
+    response_id: str,
+    services: ServicesDep,
+    stream: bool = False,
+    starting_after: Annotated[int, Query(ge=-1)] = -1,
+) -> dict[str, Any] | sse_frames.EventStreamResponse:
+    """The response; with ``stream=true`` (background responses) its event stream from the start,
+    or after event ``starting_after``, replayed and then followed live to its end."""
+    run = await load_response_run(services, response_id)
+    if not stream:
+        return await response_for(services, run)
+    if not run.background:
+        raise invalid("Invalid 'stream': only a background response can be streamed again.", "stream")
+    stored = await load_run_log(services.store, run) if run.status.terminal else None
+    assert run.conversation_id is not None
+    source = (
+        Stream(stored.events(), None)
+        if stored is not None
+        else await services.directory.open_stream(run.conversation_id, "follow", run.id, 0)
+    )
+    body_iter = _events(services, source, run.id, starting_after)
+    heartbeat = services.settings.heartbeat_seconds
+    return sse_frames.EventStreamResponse(
+        sse_frames.with_heartbeat(body_iter, heartbeat) if heartbeat > 0 else body_iter
+    )
 
 
 @router.delete("/responses/{response_id}")

@@ -745,3 +745,37 @@ def test_background_response_can_be_polled_and_cancelled(oai):
     assert oai.responses.cancel(slow.id).status == "cancelled"  # cancelling again is harmless
     with pytest.raises(openai.ConflictError):
         oai.responses.cancel(done.id)  # a finished response cannot be cancelled
+
+
+def test_a_background_response_streams_again_from_any_point(oai):
+    live = list(
+        oai.responses.create(
+            model=MODEL, input="[[token_delay=0.05]] count to 6", background=True, stream=True
+        )
+    )
+    response_id = live[0].response.id
+    numbers = [e.sequence_number for e in live]
+    assert numbers == list(range(len(live)))
+    assert live[-1].type == "response.completed"
+    # Whole, then from the middle: the same events with the same numbers.
+    again = list(oai.responses.retrieve(response_id, stream=True))
+    assert [(e.type, e.sequence_number) for e in again] == [(e.type, e.sequence_number) for e in live]
+    middle = numbers[len(numbers) // 2]
+    rest = list(oai.responses.retrieve(response_id, stream=True, starting_after=middle))
+    assert [e.sequence_number for e in rest] == numbers[middle + 1 :]
+    text = "".join(e.delta for e in again if e.type == "response.output_text.delta")
+    assert text == "1 2 3 4 5 6"
+
+
+def test_a_background_response_in_progress_is_followed_to_its_end(oai):
+    started = oai.responses.create(model=MODEL, input="[[latency=1]] say later", background=True)
+    events = list(oai.responses.retrieve(started.id, stream=True))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "later"
+
+
+def test_streaming_a_foreground_response_again_is_a_400(oai):
+    done = oai.responses.create(model=MODEL, input="say once")
+    with pytest.raises(openai.BadRequestError) as caught:
+        list(oai.responses.retrieve(done.id, stream=True))
+    assert caught.value.body["param"] == "stream"
