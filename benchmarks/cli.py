@@ -161,6 +161,34 @@ def build_parser(prog: str = "parley bench") -> argparse.ArgumentParser:
     )
     p.add_argument("--passivation-timeout", type=float, default=60.0, help="extra wait for passivation (60)")
     p.add_argument("--mode", choices=("json", "stream"), default="json")
+
+    p = sub.add_parser(
+        "cluster",
+        help="the scale load on a Ray cluster of 1, 2, 3 ... nodes, all on this machine (Redis store)",
+    )
+    _common(p, latency=0.5, token_delay=0.01, reply_words=30)
+    p.add_argument("--nodes", type=_ints, default=[1, 2, 3], help="node counts, head included (1,2,3)")
+    p.add_argument("--conversations", type=int, default=32, help="N concurrent conversations (32)")
+    p.add_argument(
+        "--turns-per-conversation", type=int, default=10, help="sequential turns each, per phase (10)"
+    )
+    p.add_argument(
+        "--zero-latency",
+        action="store_true",
+        help="also measure at provider latency 0 (every turn carries [[latency=0]])",
+    )
+    p.add_argument("--mode", choices=("json", "stream"), default="json")
+    p.add_argument("--cpus-per-node", type=int, default=1, help="each Ray node's --num-cpus (1)")
+    p.add_argument("--object-store-mb", type=int, default=100, help="each node's object store (100 MB)")
+    p.add_argument(
+        "--node-ip", default="127.0.0.2", help="every node's --node-ip-address (127.0.0.2; not 127.0.0.1)"
+    )
+    p.add_argument(
+        "--node-start-timeout",
+        type=float,
+        default=180.0,
+        help="at most this long for a cluster's nodes to come up (180 s)",
+    )
     return parser
 
 
@@ -173,6 +201,8 @@ def _normalise(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         args.targets = ["parley"]  # no baseline can answer 409 or passivate
     if not hasattr(args, "modes"):
         args.modes = [args.mode]
+    if args.scenario == "cluster" and (args.url or args.data_dir):
+        parser.error("cluster starts a cluster and a server per node count: no --url or --data-dir")
     if args.scenario == "memory":
         if args.url:
             parser.error("memory measures the server's process tree: it needs a server it starts (no --url)")
@@ -225,13 +255,14 @@ def main(argv: list[str] | None = None, prog: str = "parley bench") -> int:
         env=env,
         data_dir=args.data_dir,
         log=log,
+        server=args.scenario != "cluster",  # it starts one per node count
     )
     try:
         with rig:
             settled = rig.settle(args.settle)
             ctx = Context(rig, args, progress, deadline=began + args.budget)
             result["setup"] = {
-                "server_url": rig.url,
+                "server_url": rig.url if rig.has_server else None,
                 "managed": rig.managed,
                 "server_start_s": rig.server_start_s,
                 "settle_s": settled,

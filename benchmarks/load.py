@@ -280,9 +280,11 @@ async def sequential_turns(
     reply_words: int = 0,
     on_turn: Callable[[TurnResult], None] | None = None,
     first_index: int = 1,
+    prefix: str = "",
 ) -> PhaseOutcome:
     """Every conversation sends ``turns_each`` sequential turns, all conversations at once; no
-    turn starts after ``max_seconds``."""
+    turn starts after ``max_seconds``. ``prefix`` goes before every turn's text (directives to
+    the fake provider, such as ``[[latency=0]]``)."""
     outcome = PhaseOutcome()
     deadline = time.monotonic() + max_seconds
 
@@ -292,7 +294,7 @@ async def sequential_turns(
             if time.monotonic() > deadline:
                 outcome.stopped_by = "time"
                 return
-            text, expected = turn_text(i, reply_words)
+            text, expected = turn_text(i, reply_words, prefix=prefix)
             result = await send_turn(client, target, cid, text, expected, stream)
             outcome.results.append(result)
             if on_turn:

@@ -44,7 +44,7 @@ def _errors(summary: dict[str, Any] | None) -> str:
 
 
 def _level_key(point: dict[str, Any]) -> str:
-    for key in ("concurrency", "conversations", "live_conversations"):
+    for key in ("nodes", "concurrency", "conversations", "live_conversations"):
         if key in point:
             return key
     return "level"
@@ -67,12 +67,15 @@ def _columns(scenario: str, mode: str, targets: list[str]) -> list[tuple[str, Ge
     ]
     if mode == "stream":
         cols.append(("TTFB p50 / p99 ms", lambda pt: _pair(pt, "ttfb_ms")))
-    if scenario == "scale":
+    if scenario in ("scale", "cluster"):
         cols += [
             ("ideal turns/s", lambda pt: pt.get("ideal_turns_per_s")),
             ("x ideal", lambda pt: _ratio(_path(pt, "ratio", "vs_ideal"))),
-            ("added p99 ms", p("parley", "added_latency_ms", "p99")),
         ]
+    if scenario == "cluster":
+        cols.append(("x fewest nodes", lambda pt: _ratio(_path(pt, "ratio", "vs_base_nodes"))))
+    if scenario in ("scale", "cluster"):
+        cols.append(("added p99 ms", p("parley", "added_latency_ms", "p99")))
     if scenario == "contention":
         cols.append(("pairs ok / violations", lambda pt: _pairs(pt)))
         cols.append(("409 p50 ms", p("parley", "conflict_ms", "p50")))
@@ -85,13 +88,23 @@ def _columns(scenario: str, mode: str, targets: list[str]) -> list[tuple[str, Ge
             cols.append((f"x {base}", lambda pt, b=base: _ratio(_path(pt, "ratio", f"{prefix}vs_{b}"))))
     if scenario == "churn":
         cols.append(("CPU ms/conversation", p("parley", "cpu", "target_ms_per_conversation")))
+    cols.append(("CPU ms/turn", p("parley", "cpu", "target_ms_per_turn")))
+    if scenario == "cluster":
+        cols += [
+            ("CPU x fewest nodes", lambda pt: _ratio(_path(pt, "ratio", "cpu_vs_base_nodes"))),
+            ("conversation actors per node", _actors_per_node),
+        ]
     cols += [
-        ("CPU ms/turn", p("parley", "cpu", "target_ms_per_turn")),
         ("peak RSS / PSS MiB", lambda pt: _mem(pt)),
         ("loadgen cores", p("parley", "cpu", "loadgen_cores")),
         ("other CPU s", p("parley", "cpu", "other_s")),
     ]
     return cols
+
+
+def _actors_per_node(point: dict[str, Any]) -> str:
+    placement = point.get("placement") or {}
+    return " / ".join(str(kinds.get("ConversationActor", 0)) for kinds in placement.values()) or "-"
 
 
 def _ratio(value: float | None) -> str:
@@ -131,8 +144,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{machine['platform']}, Python {machine['python']}; load average at start "
         f"{machine['load_average']}, at end {result.get('load_average_end')}",
         f"- started {result['started_at']}, took {result['duration_s']:.0f} s",
-        f"- server: {setup['server_url']} ({'started by the tool' if setup['managed'] else 'given by --url'})"
-        + (f", up after {setup['server_start_s']:.1f} s" if setup.get("server_start_s") else ""),
+        _server_line(result),
         f"- fake provider: latency {setup['fake']['latency_s']} s, token delay {setup['fake']['token_delay_s']} s;"
         " one turn called directly: "
         + ", ".join(f"{m} {_fmt(v)} ms" for m, v in (setup.get("provider_turn_ms") or {}).items()),
@@ -141,12 +153,16 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     targets = setup["targets"]
     points = result.get("points") or []
-    for mode in dict.fromkeys(p["mode"] for p in points):
-        mode_points = [p for p in points if p["mode"] == mode]
+    for mode, latency in dict.fromkeys((p["mode"], p.get("latency_s")) for p in points):
+        mode_points = [p for p in points if p["mode"] == mode and p.get("latency_s") == latency]
         key = _level_key(mode_points[0])
         cols = _columns(scenario, mode, targets)
         kind = "SSE" if mode == "stream" else "streaming: false"
         heading = f"first turns of new conversations ({kind})" if scenario == "memory" else f"{mode} ({kind})"
+        if latency is not None:
+            heading += (
+                f", provider latency {latency:g} s, {mode_points[0].get('conversations')} conversations"
+            )
         lines.append(f"## {heading}")
         lines.append("")
         lines.append("| " + " | ".join([key.replace("_", " "), *(c for c, _ in cols)]) + " |")
@@ -165,6 +181,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     if scenario == "memory" and result.get("memory"):
         lines += _memory_md(result["memory"])
+    if scenario == "cluster" and result.get("cluster"):
+        lines += _cluster_md(result["cluster"], points)
     lines += [
         "Columns: CPU ms/turn is the whole server process tree's user+system CPU over the run divided by",
         "the OK turns; peak RSS / PSS is of that tree, sampled during the run; loadgen cores is this",
@@ -172,6 +190,14 @@ def markdown(result: dict[str, Any]) -> str:
         "server tree, fake provider, proxy and load generator): a large value marks a disturbed run.",
         "",
     ]
+    if scenario == "cluster":
+        lines += [
+            "On a cluster the server tree is every Ray node's processes (GCS, raylets, agents, workers and",
+            "actors), the `parley serve` driver and the redis-server of the store. x fewest nodes compares",
+            "with the smallest node count measured (same latency). All nodes share this machine's CPUs:",
+            "the curve shows what distribution costs, not added capacity.",
+            "",
+        ]
     if result.get("warnings"):
         lines += ["## Warnings", "", *(f"- {w}" for w in result["warnings"]), ""]
     return "\n".join(lines)
@@ -212,6 +238,78 @@ def _memory_md(memory: dict[str, Any]) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def _server_line(result: dict[str, Any]) -> str:
+    setup = result["setup"]
+    if result["scenario"] == "cluster":
+        config = result["config"]
+        return (
+            f"- server: per node count, a Ray cluster started by the tool (`ray start`, "
+            f"{config.get('cpus_per_node')} CPU(s) and a {config.get('object_store_mb')} MB object store "
+            f"per node, all on {config.get('node_ip')}), a redis-server (the store) and `parley serve` "
+            "joining them (`PARLEY_RAY_ADDRESS`)"
+        )
+    line = (
+        f"- server: {setup['server_url']} ({'started by the tool' if setup['managed'] else 'given by --url'})"
+    )
+    if setup.get("server_start_s"):
+        line += f", up after {setup['server_start_s']:.1f} s"
+    return line
+
+
+def _cluster_md(cluster: dict[str, Any], points: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Where the server tree's CPU went (ms per OK turn)", ""]
+    parts = list(
+        dict.fromkeys(
+            k for p in points for k in (_path(p, "targets", "parley", "cpu", "parts_ms_per_turn") or {})
+        )
+    )
+    if parts:
+        lines += [
+            "| nodes | latency s | " + " | ".join(parts) + " | total |",
+            "|" + "---|" * (len(parts) + 3),
+        ]
+        for p in points:
+            got = _path(p, "targets", "parley", "cpu", "parts_ms_per_turn") or {}
+            cells = [_fmt(got.get(k)) for k in parts]
+            total = _fmt(_path(p, "targets", "parley", "cpu", "target_ms_per_turn"))
+            lines.append(f"| {p['nodes']} | {p['latency_s']:g} | " + " | ".join(cells) + f" | {total} |")
+        lines.append("")
+    lines += [
+        "## Setup per node count",
+        "",
+        "| nodes | cluster up s | server up s | settle s | stop s: server, cluster, redis "
+        "| worker processes per node, after the warm-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setup in cluster.get("setups") or []:
+        if setup.get("error") and "cluster_start_s" not in setup:
+            lines.append(f"| {setup['nodes']} | failed: {setup['error']} | | | | |")
+            continue
+        placement = "; ".join(
+            f"{node}: " + ", ".join(f"{kind} {n}" for kind, n in kinds.items())
+            for node, kinds in (setup.get("placement") or {}).items()
+        )
+        if setup.get("error"):
+            placement += f" (failed: {setup['error']})"
+        lines.append(
+            f"| {setup['nodes']} | {_fmt(setup.get('cluster_start_s'))} | {_fmt(setup.get('server_start_s'))} | "
+            f"{_fmt(setup.get('settle_s'))} | {_stops(setup.get('stop_s'))} | {placement or '-'} |"
+        )
+    lines += [
+        "",
+        "Worker processes are counted by process title (`ray::<actor class>`); `ConversationActor`",
+        "includes the warm pool's unclaimed spares, `IDLE` are pre-started workers without an actor.",
+        "",
+    ]
+    return lines
+
+
+def _stops(took: dict[str, float] | float | None) -> str:
+    if not isinstance(took, dict):
+        return _fmt(took)
+    return " / ".join(_fmt(took.get(k)) for k in ("server", "cluster", "redis"))
 
 
 def write_markdown(result: dict[str, Any], out: Path) -> Path:
@@ -273,6 +371,8 @@ def write_plots(result: dict[str, Any], out: Path) -> tuple[list[Path], str | No
             ax.set_title(f"{mode}: latency p50 (solid), p99 (dashed)", fontsize=10)
         fig.suptitle(f"{title}: latency percentiles")
         written.append(_save(fig, plt, out / "latency.png"))
+    if points and scenario == "cluster":
+        written += _cluster_plots(plt, points, out, title)
     memory = result.get("memory")
     if memory:
         samples = memory["samples"]
@@ -299,6 +399,65 @@ def write_plots(result: dict[str, Any], out: Path) -> tuple[list[Path], str | No
         ax.set_title(f"{title}: memory vs live conversations")
         written.append(_save(fig, plt, out / "memory.png"))
     return written, None
+
+
+def _cluster_plots(plt: Any, points: list[dict[str, Any]], out: Path, title: str) -> list[Path]:
+    """throughput.png (turns/s vs nodes, beside the ideal and the limits; one line style per
+    provider latency) and cpu.png (CPU ms per turn vs nodes, stacked by part of the cluster)."""
+    written = []
+    nodes = sorted({p["nodes"] for p in points})
+    latencies = list(dict.fromkeys(p["latency_s"] for p in points))
+    fig, axes = plt.subplots(1, len(latencies), figsize=(7 * len(latencies), 4.5), squeeze=False)
+    for ax, latency in zip(axes[0], latencies, strict=True):
+        series = [p for p in points if p["latency_s"] == latency]
+        xs = [p["nodes"] for p in series]
+        drawn: list[float] = []
+        for target, color in STYLE.items():
+            ys = [_path(p, "targets", target, "turns_per_s") for p in series]
+            if any(y is not None for y in ys):
+                ax.plot(xs, ys, "-", marker="o", color=color, label=target)
+                drawn += [y for y in ys if y]
+        ideal = [p.get("ideal_turns_per_s") for p in series]
+        if any(y is not None for y in ideal):
+            ax.plot(xs, ideal, ":", color="grey", label="ideal")
+            drawn += [y for y in ideal if y]
+        # The limits can be 10x Parley's: a log axis keeps Parley's curve readable then.
+        wide = bool(drawn) and max(drawn) / min(drawn) > 20
+        _axes(ax, "Ray nodes (all on this machine)", "turns/s", nodes, ys_log=wide)
+        if not wide:
+            ax.set_ylim(bottom=0)
+        conversations = series[0].get("conversations")
+        ax.set_title(f"provider latency {latency:g} s, {conversations} conversations", fontsize=10)
+    fig.suptitle(f"{title}: throughput vs nodes")
+    written.append(_save(fig, plt, out / "throughput.png"))
+
+    parts = list(
+        dict.fromkeys(
+            k for p in points for k in (_path(p, "targets", "parley", "cpu", "parts_ms_per_turn") or {})
+        )
+    )
+    if parts:
+        fig, axes = plt.subplots(1, len(latencies), figsize=(6 * len(latencies), 4.5), squeeze=False)
+        for ax, latency in zip(axes[0], latencies, strict=True):
+            series = [p for p in points if p["latency_s"] == latency]
+            xs = [str(p["nodes"]) for p in series]
+            bottom = [0.0] * len(series)
+            for part in parts:
+                ys = [
+                    (_path(p, "targets", "parley", "cpu", "parts_ms_per_turn") or {}).get(part) or 0.0
+                    for p in series
+                ]
+                ax.bar(xs, ys, bottom=bottom, label=part)
+                bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
+            ax.set_ylim(0, max(bottom, default=0.0) * 1.35 or 1.0)  # room for the legend
+            ax.set_xlabel("Ray nodes")
+            ax.set_ylabel("server tree CPU ms per turn")
+            ax.set_title(f"provider latency {latency:g} s", fontsize=10)
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(fontsize=7, ncol=3, loc="upper left")
+        fig.suptitle(f"{title}: where the CPU per turn goes")
+        written.append(_save(fig, plt, out / "cpu.png"))
+    return written
 
 
 def _axes(ax: Any, xlabel: str, ylabel: str, levels: list[Any], ys_log: bool = False) -> None:

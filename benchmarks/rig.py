@@ -2,6 +2,10 @@
 meters around a phase (CPU of each process tree, the load generator's own CPU, the machine's,
 peak memory of the target's tree).
 
+For ``cluster`` the server is started per node count instead (``Rig.start_cluster``): a private
+multi-node Ray cluster on this machine, a private redis-server for the store, and a
+``parley serve`` joining the cluster; the server's tree is then all of them.
+
 Everything listens on loopback and is started and stopped here; ``Rig.stop`` leaves nothing
 behind, whatever happened before it.
 """
@@ -26,12 +30,25 @@ from typing import Any
 import httpx
 import psutil
 
-from parley.processes import FakeLLMProcess, ServerProcess, start_fake_llm, start_server
+from parley.processes import (
+    FakeLLMProcess,
+    RedisProcess,
+    ServerProcess,
+    start_fake_llm,
+    start_redis,
+    start_server,
+)
 
+from .cluster import RayCluster
 from .measure import TreeCpu, machine_busy_seconds, memory_of
 
 Tree = Callable[[], list[psutil.Process]]
 MAX_CONTEXT_TOKENS = 100_000_000
+# What ``parley serve`` gets when it joins a cluster whose nodes share this machine, as
+# tests/e2e/test_cluster.py runs it (``--env`` overrides them): one HTTP proxy, on the head (a
+# proxy on every node would want the same port), and Serve's Python proxy rather than HAProxy.
+# So the 1-node point of ``cluster`` is not ``scale``'s single-node server: compare node counts.
+CLUSTER_SERVER_ENV = {"PARLEY_PROXY_LOCATION": "HeadOnly", "PARLEY_SERVE_HAPROXY": "0"}
 
 
 def process_tree(root: subprocess.Popen | psutil.Process | None) -> Tree:
@@ -102,8 +119,10 @@ class Rig:
         env: dict[str, str] | None = None,
         data_dir: str | None = None,
         log: Callable[[str], None] = print,
+        server: bool = True,
     ) -> None:
         self.given_url = url
+        self.want_server = server  # False: the scenario starts servers itself (start_cluster)
         self.latency = latency
         self.token_delay = token_delay
         self.want_proxy = proxy
@@ -114,7 +133,10 @@ class Rig:
         self.server: ServerProcess | None = None
         self.proxy: ProxyProcess | None = None
         self.server_start_s: float | None = None
+        self.cluster: RayCluster | None = None
+        self.redis: RedisProcess | None = None
         self._tmp: str | None = None
+        self._cluster_tmp: str | None = None
 
     # --- start and stop ---------------------------------------------------------------------------
     def __enter__(self) -> Rig:
@@ -140,7 +162,7 @@ class Rig:
         if self.want_proxy:
             self.proxy = start_proxy(self.fake.url)
             self.log(f"bare proxy at {self.proxy.url}")
-        if self.given_url is None:
+        if self.given_url is None and self.want_server:
             if self.data_dir is None:
                 self._tmp = tempfile.mkdtemp(prefix="parley-bench-")
             data = Path(self.data_dir or self._tmp or ".")
@@ -150,7 +172,90 @@ class Rig:
             self.server_start_s = time.perf_counter() - began
             self.log(f"parley serve at {self.server.url} after {self.server_start_s:.1f} s")
 
+    def start_cluster(
+        self,
+        nodes: int,
+        *,
+        cpus: int = 1,
+        object_store_mb: int = 100,
+        node_ip: str = "127.0.0.2",
+        start_timeout: float = 180.0,
+    ) -> dict[str, Any]:
+        """A Ray cluster of ``nodes`` nodes, a redis-server and a ``parley serve`` joining them with
+        the Redis store; returns how long each took. On failure everything started is stopped."""
+        self.stop_cluster()
+        assert self.fake is not None
+        setup: dict[str, Any] = {"nodes": nodes}
+        try:
+            self.log(f"starting a Ray cluster of {nodes} node(s) ...")
+            began = time.perf_counter()
+            options: dict[str, Any] = {"cpus": cpus, "object_store_mb": object_store_mb, "node_ip": node_ip}
+            self.cluster = RayCluster(nodes, **options, start_timeout=start_timeout, log=self.log)
+            try:
+                self.cluster.start()
+            except RuntimeError as exc:  # a free port taken meanwhile, say: one more try
+                self.log(f"the cluster did not start ({exc}); trying again")
+                self._stop_cluster()
+                self.cluster = RayCluster(nodes, **options, start_timeout=start_timeout, log=self.log)
+                self.cluster.start()
+            setup["cluster_start_s"] = time.perf_counter() - began
+            setup["cluster"] = self.cluster.describe()
+            self._cluster_tmp = tempfile.mkdtemp(prefix="parley-bench-cluster-")
+            self.redis = start_redis(self._cluster_tmp)
+            env = {
+                **CLUSTER_SERVER_ENV,
+                **self.env,
+                "PARLEY_RAY_ADDRESS": self.cluster.address,
+                "RAY_AUTH_MODE": "disabled",
+                "PARLEY_STORE_URL": self.redis.url,
+            }
+            setup["server_env"] = env
+            self.log(f"cluster at {self.cluster.address} after {setup['cluster_start_s']:.1f} s")
+            self.log("starting parley serve (joining the cluster) ...")
+            began = time.perf_counter()
+            self.server = start_server(self.fake, Path(self._cluster_tmp) / "data", env=env)
+            self.server_start_s = setup["server_start_s"] = time.perf_counter() - began
+            setup["server_url"] = self.server.url
+            self.log(f"parley serve at {self.server.url} after {self.server_start_s:.1f} s")
+        except BaseException:
+            self.stop_cluster()
+            raise
+        return setup
+
+    def stop_cluster(self) -> dict[str, float]:
+        """Stop what ``start_cluster`` started: the server (while its cluster still runs), the
+        cluster, Redis. Returns the seconds each took."""
+        took: dict[str, float] = {}
+        if self.cluster is None and self.redis is None and self._cluster_tmp is None:
+            return took
+        for name, stop in (
+            ("server", self._stop_server),
+            ("cluster", self._stop_cluster),
+            ("redis", self._stop_redis),
+        ):
+            began = time.perf_counter()
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the rest
+                self.log(f"while stopping: {type(exc).__name__}: {exc}")
+            took[name] = time.perf_counter() - began
+        if self._cluster_tmp:
+            shutil.rmtree(self._cluster_tmp, ignore_errors=True)
+            self._cluster_tmp = None
+        return took
+
+    def _stop_cluster(self) -> None:
+        if self.cluster:
+            cluster, self.cluster = self.cluster, None
+            cluster.stop()
+
+    def _stop_redis(self) -> None:
+        if self.redis:
+            redis, self.redis = self.redis, None
+            redis.stop()
+
     def stop(self) -> None:
+        self.stop_cluster()
         for stop in (self._stop_server, self._stop_proxy, self._stop_fake):
             try:
                 stop()
@@ -187,8 +292,32 @@ class Rig:
     def managed(self) -> bool:
         return self.server is not None
 
+    @property
+    def has_server(self) -> bool:
+        return self.given_url is not None or self.server is not None
+
     def server_tree(self) -> list[psutil.Process]:
-        return self.server.tree() if self.server else []
+        """The server's process tree; on a cluster also every node's processes and Redis."""
+        procs = self.server.tree() if self.server else []
+        if self.cluster:
+            procs += self.cluster.tree()
+        if self.redis:
+            procs += process_tree(self.redis.process)()
+        return list({p.pid: p for p in procs}.values())
+
+    def server_parts(self) -> dict[str, Tree]:
+        """On a cluster, the parts of ``server_tree`` to measure apart: the ``parley serve`` driver,
+        Redis, each Ray node. Empty otherwise."""
+        if not self.cluster:
+            return {}
+        parts: dict[str, Tree] = {}
+        if self.server:
+            parts["parley serve"] = self.server.tree
+        if self.redis:
+            parts["redis"] = process_tree(self.redis.process)
+        for node in self.cluster.nodes:
+            parts[node.name] = node.processes
+        return parts
 
     def fake_tree(self) -> list[psutil.Process]:
         return process_tree(self.fake.process if self.fake else None)()
@@ -230,13 +359,14 @@ class Meter:
         self._server = TreeCpu(rig.server_tree) if rig.managed else None
         self._target = TreeCpu(self.target_tree) if self.target_tree and target != "parley" else None
         self._fake = TreeCpu(rig.fake_tree)
+        self._parts = {name: TreeCpu(tree) for name, tree in rig.server_parts().items()}
         self._me = psutil.Process()
         self._peak = {"rss": 0.0, "pss": 0.0, "uss": 0.0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _meters(self) -> list[TreeCpu]:
-        return [m for m in (self._server, self._target, self._fake) if m]
+        return [m for m in (self._server, self._target, self._fake, *self._parts.values()) if m]
 
     def _sample_memory(self) -> None:
         if not self.target_tree:
@@ -274,6 +404,7 @@ class Meter:
         self.server_cpu = self._server.seconds() if self._server else None
         self.target_cpu = self._target.seconds() if self._target else None
         self.fake_cpu = self._fake.seconds()
+        self.parts_cpu = {name: meter.seconds() for name, meter in self._parts.items()}
         self._sample_memory()
 
     def report(self, ok_turns: int, target: str) -> dict[str, Any]:
@@ -293,6 +424,8 @@ class Meter:
             "machine_busy_s": self.busy,
             "other_s": self.busy - known,
         }
+        if self.parts_cpu:  # a cluster: where the server tree's CPU went
+            cpu["parts_s"] = self.parts_cpu
         memory = dict(self._peak) if self.target_tree else None
         return {"cpu": cpu, "memory_peak_mib": memory}
 

@@ -123,34 +123,54 @@ class Context:
         return self.rig.fake.url
 
     async def open(self, targets: list[str]) -> None:
-        a = self.args
+        """Clients for ``targets``; Parley's only when a server is up (``cluster`` starts one per
+        node count and calls ``open_parley`` itself)."""
         for name in targets:
-            self.clients[name] = Clients(self.base_url(name), a.timeout)
-        if "parley" in targets:
-            response = await self.clients["parley"].get().post("/v1/agents/", json={"model": a.model})
-            response.raise_for_status()
-            self.agent_id = response.json()["id"]
-            self.targets["parley"] = LettaTarget("parley", self.agent_id)
-        if "proxy" in targets:
-            self.targets["proxy"] = LettaTarget("proxy")
-        if "direct" in targets:
-            self.targets["direct"] = DirectTarget()
+            if name == "parley":
+                if self.rig.has_server:
+                    await self.open_parley()
+                continue
+            self.clients[name] = Clients(self.base_url(name), self.args.timeout)
+            self.targets[name] = LettaTarget("proxy") if name == "proxy" else DirectTarget()
 
-    async def close(self) -> None:
-        clients = self.clients.get("parley")
-        if clients is not None:
+    async def open_parley(self) -> None:
+        """Clients for the server now running, and the benchmark agent on it."""
+        self.clients["parley"] = Clients(self.base_url("parley"), self.args.timeout)
+        response = await self.clients["parley"].get().post("/v1/agents/", json={"model": self.args.model})
+        response.raise_for_status()
+        self.agent_id = response.json()["id"]
+        self.targets["parley"] = LettaTarget("parley", self.agent_id)
+
+    async def close_parley(self, cleanup: bool = True) -> None:
+        """Delete what was created on the server (unless it is about to go away with its store),
+        and close its clients."""
+        clients = self.clients.pop("parley", None)
+        self.targets.pop("parley", None)
+        if clients is None:
+            return
+        if cleanup:
             try:
-                await self.delete_conversations(self.created)
+                await self._delete_conversations(clients, self.created)
                 if self.agent_id:
                     await clients.get().delete(f"/v1/agents/{self.agent_id}")
             except httpx.HTTPError as exc:
                 self.warn(f"cleanup on the server failed: {type(exc).__name__}: {exc}")
+        self.created = []
+        self.agent_id = None
+        await clients.aclose()
+
+    async def close(self) -> None:
+        await self.close_parley()
         for clients in self.clients.values():
             await clients.aclose()
 
     async def delete_conversations(self, ids: list[str]) -> None:
         clients = self.clients.get("parley")
-        if clients is None or not ids:
+        if clients is not None:
+            await self._delete_conversations(clients, ids)
+
+    async def _delete_conversations(self, clients: Clients, ids: list[str]) -> None:
+        if not ids:
             return
         gate = asyncio.Semaphore(8)
 
@@ -214,18 +234,23 @@ class Context:
     async def probe_provider(self) -> None:
         """The fake provider's own time for one turn of this shape in each mode (sequential,
         median of 5): what an ideal server would add nothing to."""
+        for mode in self.args.modes:
+            self.provider_turn_ms[mode] = await self.provider_turn(mode == "stream")
+
+    async def provider_turn(self, stream: bool, prefix: str = "") -> float | None:
+        """The fake's own time in ms for one turn (``prefix``: directives such as a latency),
+        median of 5 sequential ones."""
         fake = make_client(self.base_url("direct"), 2, self.args.timeout)
+        times = []
         try:
-            for mode in self.args.modes:
-                times = []
-                for i in range(5):
-                    text, expected = turn_text(i, self.args.reply_words)
-                    result = await send_turn(fake, DirectTarget(), "probe", text, expected, mode == "stream")
-                    if result.ok:
-                        times.append(result.latency)
-                self.provider_turn_ms[mode] = median(times) * 1e3 if times else None
+            for i in range(5):
+                text, expected = turn_text(i, self.args.reply_words, prefix=prefix)
+                result = await send_turn(fake, DirectTarget(), "probe", text, expected, stream)
+                if result.ok:
+                    times.append(result.latency)
         finally:
             await fake.aclose()
+        return median(times) * 1e3 if times else None
 
     async def measured(
         self,
@@ -236,9 +261,11 @@ class Context:
         requested: int,
         body: Callable[[Callable[[TurnResult], None]], Any],
         finish: Callable[[dict[str, Any], PhaseOutcome], None] | None = None,
+        provider_ms: float | None = None,
     ) -> dict[str, Any] | None:
         """Run ``body`` (a coroutine factory returning a PhaseOutcome) under the meters; ``finish``
-        adds a scenario's own fields to the record."""
+        adds a scenario's own fields to the record. ``provider_ms``: the fake's own time for one
+        of these turns, when not the mode's usual one (added latency is measured from it)."""
         if self.out_of_time():
             self.warn(f"time budget spent: skipped {target} {mode} {level} repeat {repeat + 1}")
             return None
@@ -253,7 +280,7 @@ class Context:
         record = run_record(target, mode, level, repeat, requested, outcome, meter)
         if finish:
             finish(record, outcome)
-        provider = self.provider_turn_ms.get(mode)
+        provider = self.provider_turn_ms.get(mode) if provider_ms is None else provider_ms
         if provider is not None and record["latency_ms"]:
             record["added_latency_ms"] = {
                 q: record["latency_ms"][q] - provider for q in ("p50", "p99", "max")
@@ -747,10 +774,174 @@ async def _activate(
     return outcome
 
 
+# --- 6. cluster: the scale load on a Ray cluster of 1, 2, 3 ... nodes on this machine ----------
+async def cluster(ctx: Context) -> dict[str, Any]:
+    """For each node count (ascending): a fresh Ray cluster of that many nodes on this machine, a
+    fresh redis-server and a ``parley serve`` joining them; N conversations per target sending
+    sequential turns at the provider's latency (and at zero, with ``--zero-latency``); then all
+    of it is stopped. The server's CPU is the whole cluster's: every node's processes, the
+    ``parley serve`` driver and Redis (``cpu.parts_s`` splits it)."""
+    a = ctx.args
+    latencies = [a.latency] + ([0.0] if a.zero_latency and a.latency != 0 else [])
+    prefixes = {lat: "" if lat == a.latency else f"[[latency={lat:g}]] " for lat in latencies}
+    stream = a.mode == "stream"
+    provider_ms = {lat: ctx.provider_turn_ms.get(a.mode) for lat in latencies if not prefixes[lat]}
+    for lat in latencies:
+        if lat not in provider_ms:
+            provider_ms[lat] = await ctx.provider_turn(stream, prefixes[lat])
+    n, per = a.conversations, a.turns_per_conversation
+    ctx.progress.add(per * n * len(latencies) * len(a.targets) * a.repeats * len(a.nodes))
+    points: list[dict[str, Any]] = []
+    setups: list[dict[str, Any]] = []
+    for nodes in a.nodes:
+        if ctx.out_of_time():
+            ctx.warn(f"time budget spent: skipped nodes={nodes}")
+            continue
+        ctx.progress.phase(f"starting {nodes} node(s), redis and parley serve")
+        try:
+            setup = await asyncio.to_thread(
+                ctx.rig.start_cluster,
+                nodes,
+                cpus=a.cpus_per_node,
+                object_store_mb=a.object_store_mb,
+                node_ip=a.node_ip,
+                start_timeout=a.node_start_timeout,
+            )
+        except Exception as exc:
+            ctx.warn(f"nodes={nodes}: did not start: {type(exc).__name__}: {exc}")
+            setups.append({"nodes": nodes, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        setups.append(setup)
+        try:
+            runs = await _cluster_level(ctx, nodes, latencies, prefixes, provider_ms, setup)
+        except Exception as exc:  # this node count is lost; the next one starts from scratch
+            ctx.warn(f"nodes={nodes}: failed: {type(exc).__name__}: {exc}")
+            setup["error"] = f"{type(exc).__name__}: {exc}"
+            continue
+        finally:
+            ctx.progress.phase(f"stopping parley serve, {nodes} node(s) and redis")
+            await ctx.close_parley(cleanup=False)  # the store goes away with its redis-server
+            setup["stop_s"] = await asyncio.to_thread(ctx.rig.stop_cluster)  # by part
+        for lat in latencies:
+            point = make_point(
+                {"nodes": nodes, "latency_s": lat}, a.mode, {t: runs[(lat, t)] for t in a.targets}
+            )
+            if provider_ms[lat] and lat > 0:  # at zero latency an "ideal" means nothing
+                ideal = n / (provider_ms[lat] / 1e3)
+                point["ideal_turns_per_s"] = ideal
+                point["ratio"]["vs_ideal"] = ratio(_turns_per_s(point), ideal)
+            point["conversations"] = n
+            point["placement"] = setup.get("placement")
+            points.append(point)
+    base_nodes = min((p["nodes"] for p in points), default=None)
+    for point in points:
+        base = next(
+            (p for p in points if p["nodes"] == base_nodes and p["latency_s"] == point["latency_s"]), None
+        )
+        point["ratio"]["vs_base_nodes"] = ratio(_turns_per_s(point), _turns_per_s(base))
+        point["ratio"]["cpu_vs_base_nodes"] = ratio(_cpu_per_turn(point), _cpu_per_turn(base))
+    return {
+        "points": points,
+        "cluster": {
+            "node_counts": a.nodes,
+            "base_nodes": base_nodes,
+            "conversations": n,
+            "turns_per_conversation": per,
+            "latencies_s": latencies,
+            "provider_turn_ms": {str(lat): ms for lat, ms in provider_ms.items()},
+            "setups": setups,
+        },
+    }
+
+
+def _turns_per_s(point: dict[str, Any] | None) -> float | None:
+    return ((point or {}).get("targets", {}).get("parley") or {}).get("turns_per_s")
+
+
+def _cpu_per_turn(point: dict[str, Any] | None) -> float | None:
+    parley = (point or {}).get("targets", {}).get("parley") or {}
+    return (parley.get("cpu") or {}).get("target_ms_per_turn")
+
+
+async def _cluster_level(
+    ctx: Context,
+    nodes: int,
+    latencies: list[float],
+    prefixes: dict[float, str],
+    provider_ms: dict[float, float | None],
+    setup: dict[str, Any],
+) -> dict[tuple[float, str], list[dict[str, Any]]]:
+    """One node count's runs, with the cluster up: activate the conversations, then every
+    repeat, latency and target in turn. Records where the actors run in ``setup``."""
+    a = ctx.args
+    rig = ctx.rig
+    setup["settle_s"] = await ctx.settle(a.settle)
+    await ctx.open_parley()
+    n, per = a.conversations, a.turns_per_conversation
+    conversations: dict[str, list[str]] = {}
+    for t in a.targets:
+        conversations[t] = await ctx.new_conversations(t, n)
+        await ctx.warm(t, conversations[t])
+    used = [1] * n  # turns each Parley conversation has had
+    if rig.cluster:
+        setup["placement"] = rig.cluster.placement()
+        ctx.progress.note(f"nodes={nodes}: {_placement_line(setup['placement'])}")
+    await ctx.settle(a.settle_between)
+    runs: dict[tuple[float, str], list[dict[str, Any]]] = {
+        (lat, t): [] for lat in latencies for t in a.targets
+    }
+    for repeat in range(a.repeats):
+        for lat in latencies:
+            for t in a.targets:
+                if t == "parley":
+                    await _refresh(ctx, conversations[t], used, n, per)
+                clients, tgt, ids = ctx.clients[t], ctx.targets[t], conversations[t]
+
+                def body(on_turn, clients=clients, tgt=tgt, ids=ids, lat=lat):
+                    return sequential_turns(
+                        clients,
+                        tgt,
+                        ids,
+                        per,
+                        stream=a.mode == "stream",
+                        max_seconds=a.max_seconds,
+                        reply_words=a.reply_words,
+                        on_turn=on_turn,
+                        prefix=prefixes[lat],
+                    )
+
+                level = {"nodes": nodes, "latency_s": lat}
+                record = await ctx.measured(
+                    t, a.mode, level, repeat, per * n, body, _per_part, provider_ms=provider_ms[lat]
+                )
+                if record:
+                    runs[(lat, t)].append(record)
+                if t == "parley":
+                    for i in range(n):
+                        used[i] += per
+    if rig.cluster:  # again after the load: conversations activated later (a refresh) show too
+        setup["placement_after"] = rig.cluster.placement()
+    return runs
+
+
+def _per_part(record: dict[str, Any], outcome: PhaseOutcome) -> None:
+    """CPU ms per OK turn of each part of the cluster (driver, redis, every node)."""
+    parts = record["cpu"].get("parts_s")
+    ok = record["turns_ok"]
+    if parts and record["target"] == "parley":
+        record["cpu"]["parts_ms_per_turn"] = {k: v / ok * 1e3 if ok else None for k, v in parts.items()}
+
+
+def _placement_line(placement: dict[str, dict[str, int]]) -> str:
+    counts = ", ".join(f"{node} {kinds.get('ConversationActor', 0)}" for node, kinds in placement.items())
+    return f"conversation actor processes per node: {counts}"
+
+
 SCENARIOS = {
     "overhead": overhead,
     "scale": scale,
     "churn": churn,
     "contention": contention,
     "memory": memory,
+    "cluster": cluster,
 }

@@ -2,7 +2,7 @@
 
     parley serve [--host H] [--port P] [--data-dir D] [--store URL] [--address ADDR]
     parley fake-llm [--port P] [--latency S] [--token-delay S] ...
-    parley bench {overhead,scale,churn,contention,memory} [...]
+    parley bench {overhead,scale,churn,contention,memory,cluster} [...]
 
 Every ``serve`` option also reads ``PARLEY_<NAME>`` from the environment; a flag wins over it.
 """
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     commands.add_parser(
-        "bench", help="benchmark a server: overhead, scale, churn, contention, memory", add_help=False
+        "bench", help="benchmark a server: overhead, scale, churn, contention, memory, cluster", add_help=False
     )
 
     if argv and argv[0] == "bench":
