@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     commands.add_parser(
-        "bench", help="benchmark a server: overhead, scale, churn, contention, memory, cluster", add_help=False
+        "bench",
+        help="benchmark a server: overhead, scale, churn, contention, memory, cluster",
+        add_help=False,
     )
 
     if argv and argv[0] == "bench":
