@@ -20,7 +20,8 @@ def stored_inputs(
 ) -> list[Message]:
     """Messages to store for ``messages``. A tool result must answer a call made before it (in
     ``history`` or earlier in ``messages``), and takes that call's tool name."""
-    calls = {c.id: c for m in history for c in m.tool_calls()}
+    calls: dict[str, ToolCallPart] = {}
+    searched = False  # the history is only scanned for a tool result: it grows with every turn
     out: list[Message] = []
     for index, m in enumerate(messages):
         parts = m.message_parts()
@@ -28,6 +29,9 @@ def stored_inputs(
             if isinstance(part, ToolCallPart):
                 calls[part.id] = part
             elif isinstance(part, ToolReturnPart):
+                if not searched:
+                    calls = {**{c.id: c for m in history for c in m.tool_calls()}, **calls}
+                    searched = True
                 call = calls.get(part.tool_call_id)
                 if call is None:
                     error = InvalidArgument(
