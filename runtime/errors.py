@@ -27,15 +27,9 @@ class InvalidArgument(ParleyError):
 
 
 class ValidationFailed(ParleyError):
-    """A field fails validation (HTTP 422)."""
+    """A field fails validation (HTTP 422; 400 on the OpenAI surface); ``param`` names it."""
 
     code = "VALIDATION_ERROR"
-
-
-class LimitExceeded(ValidationFailed):
-    """A request goes over an input limit (``runtime.limits``); ``param`` names the field."""
-
-    code = "LIMIT_EXCEEDED"
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -43,6 +37,12 @@ class LimitExceeded(ValidationFailed):
 
     def __reduce__(self):
         return (type(self), (self.message, self.param))
+
+
+class LimitExceeded(ValidationFailed):
+    """A request goes over an input limit (``runtime.limits``)."""
+
+    code = "LIMIT_EXCEEDED"
 
 
 class ConversationBusy(ParleyError):

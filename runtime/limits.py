@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidArgument, LimitExceeded
+from .errors import InvalidArgument, LimitExceeded, ValidationFailed
 from .message import ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
 from .settings import Settings
 from .turn import InputMessage
@@ -25,6 +25,9 @@ LETTA_MAX_PAGE = 1000
 OPENAI_MAX_PAGE = 100
 # OpenAI's conversations.items.create takes at most 20 items at a time.
 MAX_ITEMS_PER_ADD = 20
+# Nesting of a JSON request body. Free-form fields (metadata, JSON schemas ...) are stored as JSON,
+# and the store's JSON reader stops at 200 levels: a deeper value could be written but not read.
+MAX_JSON_DEPTH = 64
 
 
 def utf8_size(text: str) -> int:
@@ -129,3 +132,36 @@ def check_metadata(metadata: Any, param: str = "metadata") -> dict[str, str]:
                 f"{param}.{key}",
             )
     return dict(metadata)
+
+
+def check_json(value: Any) -> None:
+    """A parsed JSON request body: nested at most ``MAX_JSON_DEPTH`` levels, and only text that is
+    valid Unicode (JSON can spell half a surrogate pair, ``\\ud800``, which no store can encode).
+    The error names the top-level field it is under."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "body")]
+    while stack:
+        node, depth, field = stack.pop()
+        if isinstance(node, str):
+            _check_unicode(node, field)
+            continue
+        if depth >= MAX_JSON_DEPTH and isinstance(node, dict | list) and node:
+            raise LimitExceeded(f"{field}: nested more than {MAX_JSON_DEPTH} levels deep", field)
+        if isinstance(node, dict):
+            for key, item in node.items():
+                _check_unicode(key, field)
+                stack.append((item, depth + 1, key if depth == 0 else field))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1, field) for item in node)
+
+
+def _check_unicode(text: str, field: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationFailed(
+            f"{field}: invalid Unicode at character {exc.start}: a lone UTF-16 surrogate "
+            f"({text[exc.start]!r})",
+            field,
+        ) from None

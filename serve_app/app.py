@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from ray import serve
 
 from runtime import __version__
@@ -10,7 +10,7 @@ from runtime.settings import Settings
 
 from . import errors, health, services
 from .auth import BearerAuth
-from .body_limit import BodySizeLimit
+from .body_limit import BodySizeLimit, check_json_body
 from .letta import agent_messages, agent_tools, agents, blocks, conversations, runs, tools
 from .openai import routes as openai_routes
 
@@ -18,7 +18,13 @@ MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5
 
 
 def build_app() -> FastAPI:
-    app = FastAPI(title="Parley", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Parley",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(check_json_body)],
+    )
     errors.install(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(BearerAuth)  # added last, so it runs first: no body is read without the key

@@ -128,7 +128,8 @@ def install(app: FastAPI) -> None:
         message = f"Invalid request: {describe_validation(exc)}"
         if is_openai(request):
             first = exc.errors()[0] if exc.errors() else {}
-            param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+            where = first.get("loc", ())[1:] if first.get("type") != "json_invalid" else ()
+            param = ".".join(str(p) for p in where) or None  # no field to name in broken JSON
             return JSONResponse(openai_body(400, message, param, None), status_code=400)
         return JSONResponse({"detail": message}, status_code=422)
 

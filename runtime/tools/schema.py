@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from runtime.errors import ValidationFailed
+from runtime.providers.base import ToolSchema
 
 MAX_NAME_LENGTH = 48
 NO_DESCRIPTION = "No description available"
@@ -212,6 +213,26 @@ def _given_parameters(args_json_schema: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(parameters.get("properties"), dict):
         raise ValidationFailed("args_json_schema: must have a 'properties' object")
     return parameters
+
+
+def given_function(name: Any, description: Any, parameters: Any, field: str) -> ToolSchema:
+    """A function's schema as a client wrote it (a Letta tool's ``json_schema``, an OpenAI function
+    tool), checked so that a provider can be sent it: a wrong shape fails here, naming the field,
+    and never later in a turn."""
+    if not isinstance(name, str) or not name:
+        raise ValidationFailed(f"{field}.name: a function needs a name (a non-empty string)", f"{field}.name")
+    if description is not None and not isinstance(description, str):
+        raise ValidationFailed(f"{field}.description: must be a string", f"{field}.description")
+    if parameters is None:
+        return ToolSchema(name=name, description=description or "")
+    where = f"{field}.parameters"
+    if not isinstance(parameters, dict):
+        raise ValidationFailed(f"{where}: must be a JSON schema object", where)
+    if parameters.get("type", "object") != "object":
+        raise ValidationFailed(f"{where}: type must be 'object', not {parameters['type']!r}", where)
+    if not isinstance(parameters.get("properties", {}), dict):
+        raise ValidationFailed(f"{where}.properties: must be an object", f"{where}.properties")
+    return ToolSchema(name=name, description=description or "", parameters=parameters)
 
 
 # --- annotation -> JSON schema --------------------------------------------------------------------

@@ -75,7 +75,12 @@ def _embedding_config(field_config: dict[str, Any] | None, handle: str | None) -
     return embedding_config_for(handle) if handle else None
 
 
-def _new_block(spec: CreateBlock) -> Block:
+def _new_block(spec: CreateBlock, index: int) -> Block:
+    if spec.limit is not None and len(spec.value) > spec.limit:
+        raise ValidationFailed(
+            f"memory_blocks[{index}].value: {len(spec.value)} characters exceed the block's limit of "
+            f"{spec.limit}"
+        )
     return Block(
         label=spec.label,
         value=spec.value,
@@ -108,7 +113,9 @@ async def agent_view(services: Services, agent: Agent, blocks: list[Block] | Non
 async def load_agent(services: Services, agent_id: str) -> tuple[Agent, list[Block]]:
     require_id(ids.AGENT, agent_id, "agent_id")
     agent = await services.store.get_agent(agent_id)
-    if agent is None:
+    # A hidden agent (the one owning the OpenAI surface's conversations) is not the Letta API's to
+    # read, change or delete.
+    if agent is None or agent.hidden:
         raise NotFound(f"Agent with ID {agent_id} not found")
     return agent, await services.store.get_blocks(agent.block_ids)
 
@@ -121,7 +128,7 @@ async def create_agent(body: CreateAgent, services: ServicesDep) -> dict[str, An
         services, body.llm_config, body.model, body.context_window_limit, body.max_tokens
     )
     embedding_config = _embedding_config(body.embedding_config, body.embedding)
-    new_blocks = [_new_block(spec) for spec in body.memory_blocks or []]
+    new_blocks = [_new_block(spec, index) for index, spec in enumerate(body.memory_blocks or [])]
     attached = await _existing_blocks(services, body.block_ids or [])
     blocks = new_blocks + attached
     labels = [b.label for b in blocks]

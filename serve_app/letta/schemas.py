@@ -2,7 +2,8 @@
 
 Unknown keys are accepted and ignored (Letta has many optional fields this server does not act
 on), so a client that sends them still works; the fields that matter are validated and a failure
-names the field.
+names the field. Scalars are strict, as the OpenAPI document says: ``true`` is not a number and
+``1`` is not a boolean.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from runtime.limits import InputLimits
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True)
 
 
 class CreateBlock(_Body):

@@ -17,7 +17,7 @@ from runtime.errors import NotFound, ValidationFailed
 from runtime.limits import InputLimits
 from runtime.store import Page
 from runtime.tools import built_in
-from runtime.tools.schema import schema_from_source
+from runtime.tools.schema import given_function, schema_from_source
 from runtime.tools.tool import BUILT_IN_TYPES, DEFAULT_RETURN_CHAR_LIMIT, MAX_NAME_LENGTH, Tool
 from serve_app.routing import PageLimit, collection, require_id
 from serve_app.services import Services, ServicesDep
@@ -36,7 +36,9 @@ def _json_schema(fields: ToolFields, source_code: str) -> dict[str, Any]:
             raise ValidationFailed("json_schema.name: a tool's JSON schema needs a name")
         if len(name) > MAX_NAME_LENGTH:
             raise ValidationFailed(f"json_schema.name: at most {MAX_NAME_LENGTH} characters")
-        return fields.json_schema
+        schema = fields.json_schema
+        given_function(name, schema.get("description"), schema.get("parameters"), "json_schema")
+        return schema
     derived = schema_from_source(source_code, fields.args_json_schema)
     return derived.model_dump()
 

@@ -31,7 +31,7 @@ ALL = 1_000_000  # a conversation's items are derived from all of its messages
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # as OpenAI: no true for 1, no 1 for true
 
 
 class CreateConversation(_Body):

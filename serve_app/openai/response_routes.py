@@ -48,7 +48,7 @@ CANCEL_WAIT_SECONDS = 5.0
 
 
 class CreateResponse(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # as OpenAI: no true for 1, no 1 for true
 
     model: str | None = None
     input: Any = None
@@ -356,7 +356,7 @@ async def _all_events(services: Services, stream: Stream, run_id: str) -> AsyncI
         stream.close()
 
 
-@router.get("/responses/{response_id}", response_model=None)
+@router.get("/responses/{response_id}", response_model=None, responses=STREAMING)
 async def retrieve_response(
     response_id: str,
     services: ServicesDep,
