@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +102,50 @@ class ServerProcess:
         except OSError:
             return ""
 
+    def session(self) -> list[psutil.Process]:
+        """Every live process of the server's session (it is a session leader): its tree, and also
+        any process whose parent died first and that was handed to init."""
+        found = []
+        for proc in psutil.process_iter(["status"]):
+            try:
+                if os.getsid(proc.pid) == self.process.pid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (OSError, psutil.Error):  # gone meanwhile, or not ours to ask about
+                continue
+        return found
+
+    def kill(self, timeout: float = 20.0) -> int:
+        """Crash the server: SIGKILL it and every process it started (GCS, raylet, workers,
+        HAProxy) with no warning, so no shutdown code runs. Returns how many processes it killed.
+
+        The whole session is frozen (SIGSTOP) before anything dies, so no process sees another one
+        go and reacts (a replica noticing its client left, say): all of them stop at one instant."""
+        members = {proc.pid: proc for proc in [*self.tree(), *self.session()]}
+        haproxy_dir = _environ_value(members.values(), HAPROXY_DIR_VARIABLE)
+        killed: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while members:
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for proc in members.values():
+                    try:
+                        proc.send_signal(sig)
+                    except psutil.Error:
+                        pass
+            killed.update(members)
+            _gone, alive = psutil.wait_procs(list(members.values()), timeout=5)
+            alive = [p for p in alive if _status(p) not in (None, psutil.STATUS_ZOMBIE)]
+            # Anything started while we were at it (a worker being forked) is caught on this pass.
+            members = {proc.pid: proc for proc in [*alive, *self.session()]}
+            if members and time.monotonic() > deadline:
+                raise RuntimeError(f"processes of the killed server survive: {sorted(members)}")
+        self.process.wait(10)
+        _remove_haproxy_dir(haproxy_dir)  # what a clean stop removes and a crash leaves behind
+        return len(killed)
+
     def stop(self, timeout: float = 60.0) -> None:
         """SIGINT (what Ctrl-C sends), then make sure nothing of the tree is left behind."""
         descendants = self.tree()[1:]
+        haproxy_dir = _environ_value(descendants, HAPROXY_DIR_VARIABLE)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
         try:
@@ -117,6 +159,37 @@ class ServerProcess:
                 leftover.kill()
             except psutil.Error:
                 pass
+        _remove_haproxy_dir(haproxy_dir)  # a server that failed to start leaves it behind
+
+
+# A server's own directory for HAProxy's files in /tmp (``serve_app.deploy``), set in its environment
+# once it runs, so only the processes it starts show it.
+HAPROXY_DIR_VARIABLE = "RAY_SERVE_HAPROXY_SERVER_STATE_BASE"
+
+
+def _remove_haproxy_dir(path: str | None) -> None:
+    if path and os.path.basename(path).startswith("parley"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _status(proc: psutil.Process) -> str | None:
+    try:
+        return proc.status()
+    except psutil.Error:
+        return None
+
+
+def _environ_value(procs: Iterable[psutil.Process], name: str) -> str | None:
+    """``name`` in the environment of the first of ``procs`` that has it (the server sets some of
+    its variables after it started, so its children show them and it does not)."""
+    for proc in procs:
+        try:
+            value = proc.environ().get(name)
+        except psutil.Error:
+            continue
+        if value:
+            return value
+    return None
 
 
 def start_server(
