@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from ..settings import ProviderCredentials
@@ -81,18 +82,29 @@ class ProviderRegistry:
         for adapter in adapters:
             await adapter.aclose()
 
+    # Each attempt's error is scrubbed before the retry policy sees it: the policy logs it.
     async def send(self, encoded: EncodedRequest) -> ModelResponse:
         adapter = self.adapter(encoded.provider)
-        try:
-            return await complete_with_retries(lambda: adapter.send(encoded), self._retry)
-        except ProviderError as exc:
-            raise self._scrubbed(exc) from None
 
-    async def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
+        async def attempt() -> ModelResponse:
+            try:
+                return await adapter.send(encoded)
+            except ProviderError as exc:
+                raise self._scrubbed(exc) from None
+
+        return await complete_with_retries(attempt, self._retry)
+
+    def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         adapter = self.adapter(encoded.provider)
+        return stream_with_retries(lambda: self._scrubbing(adapter.stream_encoded(encoded)), self._retry)
+
+    async def _scrubbing(
+        self, stream: AsyncIterator[ModelDelta | ModelResponse]
+    ) -> AsyncIterator[ModelDelta | ModelResponse]:
         try:
-            async for item in stream_with_retries(lambda: adapter.stream_encoded(encoded), self._retry):
-                yield item
+            async with aclosing(stream):  # type: ignore[type-var]  # the attempt's connection goes with it
+                async for item in stream:
+                    yield item
         except ProviderError as exc:
             raise self._scrubbed(exc) from None
 
