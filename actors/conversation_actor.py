@@ -1,19 +1,31 @@
-"""``ConversationActor``: the one live home of a conversation, activated on demand.
+"""``ConversationActor``: a long-lived Ray actor process that serves many conversations in turn.
 
-Each conversation is served by exactly one async Ray actor, named after its id, which hosts a
-``ConversationRunner`` (busy flag, runs, run logs). Its state lives in the store, so the actor is
-only a cache: after ``conversation_idle_seconds`` without work it passivates (exits and frees its
-name) and the next call activates a fresh one from the store, as Orleans does with virtual actors.
+Each conversation is served by exactly one of these at a time (the directory decides which, see
+``directory``), as an ``Activation`` holding its ``ConversationRunner``: the busy flag, the runs
+and their logs. All of an actor's activations share its one event loop, so a send's busy check
+and mark happen with no ``await`` between them and need no lock, as before. The actor outlives
+the conversations it serves, as an Orleans silo outlives its grains: activating a conversation
+costs a store read, not a process start, and an idle one costs nothing but its memory.
+
+Every call names its conversation. An actor that does not serve it (it passivated, or was never
+bound here) raises ``NotHere`` and the caller resolves the conversation again.
+
+The actor holds at most ``capacity`` activations (its share of the node's cap on live
+conversations). Binding one more passivates the least recently used idle activation first; when
+all are busy the bind is refused with ``HostFull`` and the directory tries another actor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
+import math
+import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+import psutil
 import ray
 
 from runtime.conversation_runner import ConversationRunner
@@ -23,131 +35,229 @@ from runtime.settings import Settings
 from runtime.store import open_store
 from runtime.turn import InputMessage, TurnRequest
 
+from .activation import Activation, ActivationState, NotHere
+from .directory import HostFull, shard_handle, shard_of
+from .passivation import PassivationPolicy, default_live_per_node
+from .placement import node_of
 from .provider_actor import ProviderPool
 from .tool_tasks import RayToolRunner
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENCY = 1000  # each stream reader holds one slot while it follows a run
+MAX_CONCURRENCY = 100_000  # every stream reader of every hosted conversation holds one slot
 
 
-class ActorPassivating(Exception):
-    """The actor is exiting; the caller finds or activates the conversation's next actor."""
+@dataclass(frozen=True)
+class ActivationReport:
+    conversation_id: str
+    host: str
+    node_id: str
+    busy: bool
+    idle_seconds: float
+
+
+@dataclass(frozen=True)
+class HostReport:
+    name: str
+    node_id: str
+    pid: int
+    live: int
+    capacity: int
+    activations: list[ActivationReport]
 
 
 class ConversationActor:
-    def __init__(self, conversation_id: str, settings: Settings) -> None:
+    def __init__(self, settings: Settings, name: str, hosts_on_node: int) -> None:
         self._settings = settings
+        self._name = name
         self._store = open_store(settings.resolved_store_url)
-        self._runner = ConversationRunner(
-            self._store,
-            ProviderPool(settings, conversation_id),
-            conversation_id,
-            keepalive_seconds=settings.keepalive_seconds,
-            coalesce_interval=settings.coalesce_ms / 1000,
-            coalesce_deltas=settings.coalesce_tokens,
-            first_batch_hold=settings.first_batch_hold_ms / 1000,
-            compatible_providers=settings.compatible_providers,
-            tool_runner=RayToolRunner(
-                settings.tool_timeout_seconds, settings.tool_cpus, settings.tool_memory_mb
-            ),
+        self._tools = RayToolRunner(
+            settings.tool_timeout_seconds, settings.tool_cpus, settings.tool_memory_mb
         )
-        self._activation: asyncio.Task[None] | None = None
+        per_node = settings.live_conversations_per_node or default_live_per_node(
+            psutil.virtual_memory().total
+        )
+        self.capacity = max(1, math.ceil(per_node / max(hosts_on_node, 1)))
+        self._policy = PassivationPolicy(settings.conversation_idle_seconds, settings.ephemeral_idle_seconds)
+        # Least recently used first: a call moves its activation to the end.
+        self._live: OrderedDict[str, Activation] = OrderedDict()
         self._reaper: asyncio.Task[None] | None = None
-        self._passivating = False
-        # An actor that is never activated exits after the spare TTL, also when whoever created it
-        # died before calling it (a replica lost with its node, mid-way through filling its warm
-        # pool). A timer thread, as the constructor has no running event loop; the lock orders it
-        # against the first activation.
-        self._claim_lock = threading.Lock()
-        self._unclaimed = threading.Timer(settings.spare_ttl_seconds, self._expire_unclaimed)
-        self._unclaimed.daemon = True
-        self._unclaimed.start()
+        self._leaving: set[asyncio.Task[None]] = set()
 
-    async def _ready(self) -> ConversationRunner:
-        if self._activation is None:
-            with self._claim_lock:
-                if not self._passivating:
-                    self._activation = asyncio.ensure_future(self._activate())
-                    self._unclaimed.cancel()
-        if self._passivating:
-            raise ActorPassivating(self._runner.conversation_id)
-        assert self._activation is not None
-        await self._activation
-        return self._runner
-
-    async def _activate(self) -> None:
+    # --- binding (called by the directory) ---------------------------------------------------------
+    async def bind(self, conversation_id: str, token: int) -> None:
+        """Activate the conversation here under ``token``, loading it from the store."""
+        self._start_reaper()
+        current = self._live.get(conversation_id)
+        if current is not None and current.state is not ActivationState.leaving:
+            current.token = token  # the directory lost track of it (a shard restarted): still ours
+            await current.ready()
+            return
+        if current is not None:  # leaving and idle: it refuses every call already; replace it
+            del self._live[conversation_id]
+        if self._bound() >= self.capacity:
+            victim = self._policy.eviction_victim(self._live.values())
+            if victim is None:
+                raise HostFull()
+            self._passivate(victim)
+        activation = Activation(conversation_id, token, self._runner_for(conversation_id))
+        self._live[conversation_id] = activation
         try:
-            await self._runner.activate()
-        except Exception:
-            # Nothing to serve (the conversation is gone): leave at once rather than linger.
-            self._passivate()
+            await activation.load()
+        except BaseException:
+            if self._live.get(conversation_id) is activation:
+                del self._live[conversation_id]
             raise
-        self._reaper = asyncio.create_task(self._reap())
 
-    @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
-    async def send(self, request: TurnRequest) -> AsyncIterator[bytes]:
-        """The run's events, in batches encoded with ``encode_batch``."""
-        runner = await self._ready()
-        async for batch in runner.send(request):
-            yield encode_batch(batch)
+    async def holds(self, conversation_id: str) -> bool:
+        """Whether the conversation is (being) activated here, for the directory's checks."""
+        current = self._live.get(conversation_id)
+        return current is not None and current.state is not ActivationState.leaving
 
-    @ray.method(enable_task_events=False)
-    async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[bytes]:
-        runner = await self._ready()
-        async for batch in runner.follow(run_id, after):
-            yield encode_batch(batch)
+    async def held(self, shard: int, shards: int) -> list[tuple[str, int]]:
+        """(conversation, token) of every activation here that belongs to directory shard ``shard``."""
+        return [
+            (a.conversation_id, a.token)
+            for a in self._live.values()
+            if a.state is not ActivationState.leaving and shard_of(a.conversation_id, shards) == shard
+        ]
 
-    async def wait_as_spare(self) -> bool:
-        """Started ahead of its conversation (the warm pool): answers once the actor is up. If no
-        conversation claims it within the spare TTL, it exits by itself."""
+    async def ping(self) -> bool:
+        self._start_reaper()
         return True
 
-    def _expire_unclaimed(self) -> None:  # on the timer's thread
-        with self._claim_lock:
-            if self._activation is not None or self._passivating:
-                return
-            self._passivating = True
-        self._passivate()
+    def _runner_for(self, conversation_id: str) -> ConversationRunner:
+        s = self._settings
+        return ConversationRunner(
+            self._store,
+            ProviderPool(s, conversation_id),
+            conversation_id,
+            keepalive_seconds=s.keepalive_seconds,
+            coalesce_interval=s.coalesce_ms / 1000,
+            coalesce_deltas=s.coalesce_tokens,
+            first_batch_hold=s.first_batch_hold_ms / 1000,
+            compatible_providers=s.compatible_providers,
+            tool_runner=self._tools,
+        )
 
-    async def active_run(self) -> str | None:
-        return (await self._ready()).active_run_id
+    def _bound(self) -> int:
+        return sum(1 for a in self._live.values() if a.state is not ActivationState.leaving)
 
-    async def cancel(self, run_id: str | None = None) -> list[str]:
-        return await (await self._ready()).cancel(run_id)
+    def _serving(self, conversation_id: str) -> Activation:
+        """The conversation's activation, marked in use; raises ``NotHere``. No ``await``."""
+        activation = self._live.get(conversation_id)
+        if activation is None or activation.state is ActivationState.leaving:
+            raise NotHere(conversation_id)
+        self._live.move_to_end(conversation_id)
+        activation.calls += 1
+        return activation
 
-    async def add_messages(self, messages: list[InputMessage]) -> list[Message]:
-        return await (await self._ready()).add_messages(messages)
-
-    async def remove_part(self, message_id: str, part_index: int) -> bool:
-        return await (await self._ready()).remove_part(message_id, part_index)
-
-    async def shutdown(self) -> None:
-        """Stop serving now (the conversation was deleted): cancel any run, then exit."""
-        await self._runner.cancel()
-        self._passivate()
-
-    # --- passivation ------------------------------------------------------------------------------
-    async def _reap(self) -> None:
-        idle_after = self._settings.conversation_idle_seconds
-        state = self._runner.state
-        if state is not None and state.conversation.ephemeral:
-            idle_after = min(idle_after, self._settings.ephemeral_idle_seconds)
-        period = min(max(idle_after / 4, 0.05), 30.0)
-        while True:
-            await asyncio.sleep(period)
-            runner = self._runner
-            if runner.idle and time.monotonic() - runner.last_activity >= idle_after:
-                self._passivate()
-                return
-
-    def _passivate(self) -> None:
-        # Set before anything can await, so no call that starts from here on does any work.
-        self._passivating = True
+    # --- the conversation's calls ------------------------------------------------------------------
+    @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
+    async def send(self, conversation_id: str, request: TurnRequest) -> AsyncIterator[bytes]:
+        """The run's events, in batches encoded with ``encode_batch``; ``ConversationBusy`` first
+        if a run holds the conversation (checked before the first ``await`` when it is active)."""
+        activation = self._serving(conversation_id)
         try:
-            self._store.close()
+            runner = await activation.ready()
+            async for batch in runner.send(request):
+                yield encode_batch(batch)
         finally:
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            activation.calls -= 1
+
+    @ray.method(enable_task_events=False)
+    async def follow(self, conversation_id: str, run_id: str | None, after: int = 0) -> AsyncIterator[bytes]:
+        activation = self._serving(conversation_id)
+        try:
+            runner = await activation.ready()
+            async for batch in runner.follow(run_id, after):
+                yield encode_batch(batch)
+        finally:
+            activation.calls -= 1
+
+    async def active_run(self, conversation_id: str) -> str | None:
+        activation = self._serving(conversation_id)
+        try:
+            return (await activation.ready()).active_run_id
+        finally:
+            activation.calls -= 1
+
+    async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
+        activation = self._serving(conversation_id)
+        try:
+            return await (await activation.ready()).cancel(run_id)
+        finally:
+            activation.calls -= 1
+
+    async def add_messages(self, conversation_id: str, messages: list[InputMessage]) -> list[Message]:
+        activation = self._serving(conversation_id)
+        try:
+            return await (await activation.ready()).add_messages(messages)
+        finally:
+            activation.calls -= 1
+
+    async def remove_part(self, conversation_id: str, message_id: str, part_index: int) -> bool:
+        activation = self._serving(conversation_id)
+        try:
+            return await (await activation.ready()).remove_part(message_id, part_index)
+        finally:
+            activation.calls -= 1
+
+    async def retire(self, conversation_id: str) -> None:
+        """The conversation was deleted: cancel its runs and drop it now."""
+        activation = self._live.get(conversation_id)
+        if activation is None or activation.state is ActivationState.leaving:
+            return
+        if activation.state is ActivationState.active:
+            await activation.runner.cancel()
+        if self._live.get(conversation_id) is activation and activation.state is not ActivationState.leaving:
+            activation.state = ActivationState.leaving
+            await self._release(activation)
+
+    async def report(self) -> HostReport:
+        node_id = node_of(self._name)
+        return HostReport(
+            self._name,
+            node_id,
+            os.getpid(),
+            self._bound(),
+            self.capacity,
+            [
+                ActivationReport(a.conversation_id, self._name, node_id, not a.idle, a.idle_seconds)
+                for a in self._live.values()
+                if a.state is not ActivationState.leaving
+            ],
+        )
+
+    # --- passivation --------------------------------------------------------------------------------
+    def _start_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self._policy.check_every)
+            for activation in self._policy.expired(self._live.values()):
+                self._passivate(activation)
+
+    def _passivate(self, activation: Activation) -> None:
+        """Mark it leaving now (the caller checked it is idle, with no ``await`` since), so every
+        later call answers ``NotHere``; tell the directory and drop it in the background."""
+        activation.state = ActivationState.leaving
+        task = asyncio.get_running_loop().create_task(self._release(activation))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _release(self, activation: Activation) -> None:
+        conversation_id = activation.conversation_id
+        shard = shard_handle(self._settings, shard_of(conversation_id, self._settings.directory_shards))
+        try:
+            await asyncio.wait_for(shard.release.remote(conversation_id, activation.token), 30)
+        except Exception as exc:  # a lost shard rebuilds from what we hold, which no longer has it
+            log.warning("could not release %s from the directory: %s", conversation_id, exc)
+        finally:
+            if self._live.get(conversation_id) is activation:
+                del self._live[conversation_id]
 
 
 RemoteConversationActor = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=0)(

@@ -1,204 +1,245 @@
-"""``Directory``: conversation id -> its live actor, activating one on demand.
+"""The directory: conversation id -> the one conversation actor that serves it, cluster-wide.
 
-A conversation's actor is a named, detached Ray actor created with ``get_if_exists=True``, an
-atomic get-or-create across every replica, so there is at most one per conversation in the cluster
-and its busy flag needs no other lock.
+It is ``directory_shards`` named, detached Ray actors (``directory-<k>``); conversation ``c``
+belongs to shard ``crc32(c) % K``, which alone decides where ``c`` is activated. The design note
+(``actors/activation.md``) gives the single-activation argument and every failure case; in short:
 
-Starting an actor costs a process (~0.5-1 s here). New conversations skip that wait: their ids come
-from ``reserve_conversation_id``, which hands out ids whose actors were started ahead of time (a
-small warm pool per replica, refilled in the background). The actor was already created under the
-conversation's name, so the uniqueness argument above is unchanged.
+- A shard is one async actor: ``resolve`` for a conversation with no owner starts one bind and
+  every concurrent ``resolve`` of that conversation awaits the same bind, so two replicas racing
+  a first send get the same actor.
+- The shard records a binding only after the actor has loaded the conversation, and forgets it
+  only when the actor releases it (passivation), or when the actor is shown not to hold it any
+  more: it says so, it is dead, or it does not answer and is killed (fenced) before it is forgotten.
+- A shard that restarts (its node died) rebuilds its map from what the live actors hold before it
+  answers anything, so a conversation that is live somewhere is never bound a second time.
 
-It is also the boundary where Ray's errors become Parley's: an error raised inside the actor
-arrives here wrapped in ``RayTaskError`` and leaves as the original exception.
+Each binding carries a token. Releases name it, so a late release of an earlier binding never
+removes a newer one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
-from typing import Any
+import zlib
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from runtime import ids
-from runtime.events import RunEvent, decode_batch
+from runtime.errors import Overloaded
 from runtime.settings import Settings
 
-from .conversation_actor import ActorPassivating, RemoteConversationActor
+from .placement import HostPool
 
-ATTEMPTS = 40  # an actor that is passivating frees its name within a few hundred ms
-RETRY_DELAY = 0.05
-CACHED_HANDLES = 10_000  # most recently used conversations whose actor handle this replica keeps
+BIND_TIMEOUT = 60.0  # loading a conversation takes milliseconds; past this the actor is fenced
+PROBE_TIMEOUT = 10.0  # an actor that does not say what it holds within this is fenced
+MAX_CONCURRENCY = 10_000
 
 log = logging.getLogger(__name__)
 
 
-class Directory:
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._handles: OrderedDict[str, ray.actor.ActorHandle] = OrderedDict()
-        # (id, when its actor came up) of new conversations whose actors are running
-        self._spares: deque[tuple[str, float]] = deque()
-        self._refilling: asyncio.Future[None] | None = None
-        megabytes = settings.conversation_actor_memory_mb
-        self._reservation = {"memory": megabytes * 1024 * 1024} if megabytes > 0 else {}
+class HostFull(Exception):
+    """The conversation actor has no room and no idle activation to passivate."""
 
-    # --- the warm pool ----------------------------------------------------------------------------
-    def reserve_conversation_id(self) -> str:
-        """An id for a new conversation, with its actor already running when the pool has one."""
-        # A spare close to its TTL may be exiting: skip it (its conversation would start cold).
-        fresh_after = time.monotonic() - self._settings.spare_ttl_seconds * 0.8
-        conversation_id = None
-        while self._spares and conversation_id is None:
-            candidate, started = self._spares.popleft()
-            if started >= fresh_after:
-                conversation_id = candidate
-            else:
-                self._handles.pop(candidate, None)
-        self._refill()
-        return conversation_id or ids.new_id(ids.CONVERSATION)
-
-    def warm_up(self) -> None:
-        """Start filling the warm pool (from inside the replica's event loop)."""
-        self._refill()
-
-    def _refill(self) -> None:
-        if self._settings.warm_actors > 0 and (self._refilling is None or self._refilling.done()):
-            self._refilling = asyncio.ensure_future(self._top_up())
-
-    async def _top_up(self) -> None:
-        while len(self._spares) < self._settings.warm_actors:
-            conversation_id = ids.new_id(ids.CONVERSATION)
-            try:
-                await self._actor(conversation_id).wait_as_spare.remote()
-            except Exception as exc:  # the pool is an optimisation: without it, activation is cold
-                log.warning("could not start a spare conversation actor: %s", exc)
-                return
-            self._spares.append((conversation_id, time.monotonic()))
-
-    def _actor(self, conversation_id: str) -> ray.actor.ActorHandle:
-        handle = self._handles.get(conversation_id)
-        if handle is not None:
-            self._handles.move_to_end(conversation_id)
-        else:
-            handle = RemoteConversationActor.options(
-                name=conversation_id,
-                namespace=self._settings.namespace,
-                get_if_exists=True,
-                lifetime="detached",
-                # Across the nodes of a cluster rather than packed onto the head (num_cpus=0
-                # actors would otherwise all land where they were asked for).
-                scheduling_strategy="SPREAD",
-                **self._reservation,
-            ).remote(conversation_id, self._settings)
-            self._handles[conversation_id] = handle
-            if len(self._handles) > CACHED_HANDLES:
-                self._handles.popitem(last=False)
-        return handle
-
-    def live(self, conversation_id: str) -> ray.actor.ActorHandle | None:
-        """The conversation's actor if one is running, without activating one."""
-        handle = self._handles.get(conversation_id)
-        if handle is not None:
-            return handle
-        try:
-            return ray.get_actor(conversation_id, namespace=self._settings.namespace)
-        except ValueError:
-            return None
-
-    async def open_stream(self, conversation_id: str, method: str, *args: Any) -> Stream:
-        """Start a streaming call and wait for its first item, so that errors raised before the
-        stream starts (busy, not found) surface here, while the HTTP status can still be chosen."""
-        for attempt in range(ATTEMPTS):
-            generator = (
-                getattr(self._actor(conversation_id), method).options(num_returns="streaming").remote(*args)
-            )
-            try:
-                first = decode_batch(await (await generator.__anext__()))
-            except StopAsyncIteration:
-                return Stream([], None)
-            except Exception as exc:
-                if _stale(exc) and attempt + 1 < ATTEMPTS:
-                    self._handles.pop(conversation_id, None)
-                    await asyncio.sleep(RETRY_DELAY)
-                    continue
-                raise _unwrap(exc) from None
-            return Stream(first, generator)
-        raise AssertionError("unreachable")
-
-    async def call(self, conversation_id: str, method: str, *args: Any, activate: bool = True) -> Any:
-        """A plain call; with ``activate=False`` it is skipped (returns None) when no actor is live."""
-        for attempt in range(ATTEMPTS):
-            handle = self._actor(conversation_id) if activate else self.live(conversation_id)
-            if handle is None:
-                return None
-            try:
-                return await getattr(handle, method).remote(*args)
-            except Exception as exc:
-                if _stale(exc) and attempt + 1 < ATTEMPTS:
-                    self._handles.pop(conversation_id, None)
-                    if not activate:
-                        return None
-                    await asyncio.sleep(RETRY_DELAY)
-                    continue
-                raise _unwrap(exc) from None
-        raise AssertionError("unreachable")
-
-    async def retire(self, conversation_id: str) -> None:
-        """Stop the conversation's live actor, if any (after the conversation is deleted)."""
-        handle = self.live(conversation_id)
-        self._handles.pop(conversation_id, None)
-        if handle is not None:
-            try:
-                await handle.shutdown.remote()
-            except Exception:  # already gone, or gone while shutting down: either way retired
-                pass
+    def __reduce__(self):
+        return (type(self), ())
 
 
-class Stream:
-    """A started ``send`` or ``follow`` call: its first batch of events plus the rest."""
-
-    def __init__(self, first: list[RunEvent], generator: Any) -> None:
-        self.first = first
-        self._generator = generator
-        self._exhausted = generator is None
-
-    async def rest(self) -> AsyncIterator[list[RunEvent]]:
-        if self._generator is None:
-            return
-        try:
-            async for ref in self._generator:
-                try:
-                    data = await ref
-                except Exception as exc:
-                    raise _unwrap(exc) from None
-                yield decode_batch(data)
-            self._exhausted = True
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the remote generator if the reader leaves before its end (a client disconnect)."""
-        if not self._exhausted and self._generator is not None:
-            self._exhausted = True
-            # Not recursive: Ray counts the provider calls a run makes as children of the call
-            # that started it, and a background run must outlive its first reader.
-            ray.cancel(self._generator, recursive=False)
+def no_capacity(conversation_id: str) -> Overloaded:
+    """No conversation actor anywhere can take another activation right now (HTTP 503)."""
+    return Overloaded(
+        f"No room to activate conversation {conversation_id}: every conversation actor is full of "
+        "busy conversations. Retry shortly."
+    )
 
 
-def _stale(exc: BaseException) -> bool:
-    """The handle points at an actor that has exited or is exiting: look it up again."""
-    if isinstance(exc, RayTaskError):
-        return isinstance(exc.cause, ActorPassivating)
-    return isinstance(exc, RayActorError | ActorPassivating)
+@dataclass(frozen=True)
+class Binding:
+    """Conversation ``conversation_id`` is served by actor ``host_name`` under ``token``."""
+
+    conversation_id: str
+    host_name: str
+    host: ray.actor.ActorHandle
+    token: int
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
-        return exc.cause
+def shard_name(index: int) -> str:
+    return f"directory-{index}"
+
+
+def shard_of(conversation_id: str, shards: int) -> int:
+    return zlib.crc32(conversation_id.encode()) % max(shards, 1)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The error an actor raised, without Ray's wrapping."""
+    while isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause
     return exc
+
+
+class DirectoryShard:
+    def __init__(self, settings: Settings, index: int) -> None:
+        self._settings = settings
+        self._index = index
+        self._pool = HostPool(settings)
+        self._owners: dict[str, Binding] = {}
+        self._binding: dict[str, asyncio.Future[Binding]] = {}
+        self._tokens = itertools.count(time.time_ns())  # unique across this shard's restarts
+        self._rebuilt: asyncio.Future[None] | None = None
+
+    # --- the map ----------------------------------------------------------------------------------
+    async def resolve(self, conversation_id: str, suspect: int | None = None) -> Binding:
+        """The conversation's binding, activating it if it has none. ``suspect`` is the token of
+        a binding the caller could not use (the actor said "not here", or could not be reached):
+        it is checked, and replaced if it is stale."""
+        await self._ready()
+        while True:
+            owner = self._owners.get(conversation_id)
+            if owner is not None:
+                if owner.token != suspect or await self._still_serves(owner):
+                    return owner
+                continue  # forgotten by _still_serves: bind anew
+            pending = self._binding.get(conversation_id)
+            if pending is None:
+                pending = asyncio.ensure_future(self._bind(conversation_id))
+                self._binding[conversation_id] = pending
+                pending.add_done_callback(lambda _f, c=conversation_id: self._binding.pop(c, None))
+            return await asyncio.shield(pending)
+
+    async def lookup(self, conversation_id: str) -> Binding | None:
+        """The conversation's binding if it is live; never activates."""
+        await self._ready()
+        return self._owners.get(conversation_id)
+
+    async def release(self, conversation_id: str, token: int) -> None:
+        """The actor passivated the conversation: forget the binding if it is still this one."""
+        owner = self._owners.get(conversation_id)
+        if owner is not None and owner.token == token:
+            self._forget(owner)
+
+    async def ping(self) -> bool:
+        await self._ready()
+        return True
+
+    # --- binding ----------------------------------------------------------------------------------
+    async def _bind(self, conversation_id: str) -> Binding:
+        tried: set[str] = set()
+        while True:
+            host = self._pool.choose(tried)
+            if host is None:
+                self._pool.refresh(force=True)
+                host = self._pool.choose(tried)
+            if host is None:
+                raise no_capacity(conversation_id)
+            token = next(self._tokens)
+            try:
+                await asyncio.wait_for(host.handle.bind.remote(conversation_id, token), BIND_TIMEOUT)
+            except HostFull:
+                host.full_until = time.monotonic() + 1.0
+                tried.add(host.name)
+                continue
+            except RayActorError:  # died, or never came up: another actor takes it
+                self._pool.lost(host.name)
+                self._lost_host(host.name)
+                tried.add(host.name)
+                continue
+            except TimeoutError:
+                self._fence(host.name, host.handle)
+                tried.add(host.name)
+                continue
+            except Exception as exc:  # the conversation's own error (not found): the caller's
+                raise unwrap(exc) from None
+            binding = Binding(conversation_id, host.name, host.handle, token)
+            self._owners[conversation_id] = binding
+            host.placed += 1
+            return binding
+
+    async def _still_serves(self, owner: Binding) -> bool:
+        """Whether ``owner`` is still good; if not, it is forgotten (its actor fenced when silent)."""
+        try:
+            holds = await asyncio.wait_for(owner.host.holds.remote(owner.conversation_id), PROBE_TIMEOUT)
+        except RayActorError:
+            self._pool.lost(owner.host_name)
+            self._lost_host(owner.host_name)
+            return False
+        except TimeoutError:
+            self._fence(owner.host_name, owner.host)
+            return False
+        if not holds:
+            self._forget(owner)
+        return holds
+
+    def _fence(self, name: str, handle: ray.actor.ActorHandle) -> None:
+        """An actor that does not answer may still be serving: kill it before its conversations
+        are bound elsewhere, so there is never a second live copy."""
+        log.warning("conversation actor %s does not answer: killing it before rebinding", name)
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:
+            pass
+        self._pool.lost(name)
+        self._lost_host(name)
+
+    def _lost_host(self, name: str) -> None:
+        for owner in [o for o in self._owners.values() if o.host_name == name]:
+            self._forget(owner)
+
+    def _forget(self, owner: Binding) -> None:
+        if self._owners.get(owner.conversation_id) is owner:
+            del self._owners[owner.conversation_id]
+            host = self._pool.get(owner.host_name)
+            if host is not None:
+                host.placed = max(host.placed - 1, 0)
+
+    # --- rebuilding after a restart ---------------------------------------------------------------
+    async def _ready(self) -> None:
+        if self._rebuilt is None:
+            self._rebuilt = asyncio.ensure_future(self._rebuild())
+        await asyncio.shield(self._rebuilt)
+
+    async def _rebuild(self) -> None:
+        """Learn what the live actors already hold (empty on a first start; after a restart, the
+        bindings this shard had). Actors that do not answer are fenced."""
+        self._pool.refresh(force=True)
+        hosts = self._pool.known()
+        shards = self._settings.directory_shards
+
+        async def held(host) -> list[tuple[str, int]]:
+            try:
+                return await asyncio.wait_for(host.handle.held.remote(self._index, shards), PROBE_TIMEOUT)
+            except RayActorError:
+                self._pool.lost(host.name)
+            except TimeoutError:
+                self._fence(host.name, host.handle)
+            return []
+
+        for host, pairs in zip(hosts, await asyncio.gather(*(held(h) for h in hosts)), strict=True):
+            for conversation_id, token in pairs:
+                self._owners[conversation_id] = Binding(conversation_id, host.name, host.handle, token)
+                host.placed += 1
+        if self._owners:
+            log.warning("directory shard %d rebuilt %d bindings", self._index, len(self._owners))
+
+
+RemoteDirectoryShard = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=-1)(
+    DirectoryShard
+)
+
+
+def shard_handle(settings: Settings, index: int) -> ray.actor.ActorHandle:
+    """Get or start shard ``index`` (atomic across replicas: the name decides)."""
+    return RemoteDirectoryShard.options(
+        name=shard_name(index),
+        namespace=settings.namespace,
+        get_if_exists=True,
+        lifetime="detached",
+        max_task_retries=-1,  # a shard restarted after its node died answers the retried call
+    ).remote(settings, index)
+
+
+def start_directory(settings: Settings) -> list[ray.ObjectRef]:
+    return [shard_handle(settings, k).ping.remote() for k in range(max(settings.directory_shards, 1))]

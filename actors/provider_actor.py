@@ -79,6 +79,18 @@ def start_provider_actors(settings: Settings, credentials: ProviderCredentials) 
     return [h.ready.remote() for h in handles]
 
 
+_handles: dict[tuple[str, int], ray.actor.ActorHandle] = {}
+
+
+def _provider_handle(namespace: str, index: int, refresh: bool) -> ray.actor.ActorHandle:
+    """The pool's actor ``index``, looked up once per process (every activation of a conversation
+    actor makes a ``ProviderPool``; a GCS lookup each time would cost every first turn)."""
+    key = (namespace, index)
+    if refresh or key not in _handles:
+        _handles[key] = ray.get_actor(provider_actor_name(index), namespace=namespace)
+    return _handles[key]
+
+
 class ProviderPool:
     """A ``Provider`` (and ``BatchingProvider``) that sends each call to one actor of the pool.
 
@@ -96,7 +108,7 @@ class ProviderPool:
 
     def _actor(self, refresh: bool = False) -> ray.actor.ActorHandle:
         if self._handle is None or refresh:
-            self._handle = ray.get_actor(provider_actor_name(self._index), namespace=self._settings.namespace)
+            self._handle = _provider_handle(self._settings.namespace, self._index, refresh)
         return self._handle
 
     async def complete(self, request: ModelRequest) -> ModelResponse:

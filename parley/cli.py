@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--store", help="store URL, e.g. sqlite:///path/parley.db (PARLEY_STORE_URL)")
     serve.add_argument("--address", help="join an existing Ray cluster, e.g. 'auto' (PARLEY_RAY_ADDRESS)")
     serve.add_argument(
-        "--idle-seconds", type=float, help="passivate a conversation actor after this idle time (default 300)"
+        "--idle-seconds", type=float, help="passivate a conversation after this idle time (default 60)"
     )
     serve.add_argument("--provider-actors", type=int, help="number of provider actors (default 1)")
     serve.add_argument(

@@ -69,3 +69,16 @@ class ConversationBusy(ParleyError):
 
 class Conflict(ParleyError):
     code = "CONFLICT"
+
+
+class Overloaded(ParleyError):
+    """No room to take the request now; the client should retry after ``retry_after`` seconds (503)."""
+
+    code = "OVERLOADED"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after))

@@ -61,15 +61,20 @@ class Settings(BaseModel):
     data_dir: str = Field(default_factory=lambda: str(Path.home() / ".parley"))
     store_url: str | None = None  # default: sqlite:///<data_dir>/parley.db
     namespace: str = "parley"  # Ray namespace of the conversation and provider actors
-    conversation_idle_seconds: float = 300.0  # a live conversation actor passivates after this
+    # An idle live conversation passivates after this (activation is a store read, ~ms: the
+    # window only saves that read for conversations used again soon).
+    conversation_idle_seconds: float = 60.0
     ephemeral_idle_seconds: float = 15.0  # ... and that of an OpenAI response's own conversation
-    # Conversation actors each replica starts ahead of time, so a new conversation's first send
-    # does not wait for a process to start; an unclaimed one exits after spare_ttl_seconds.
-    warm_actors: int = 2
-    spare_ttl_seconds: float = 600.0
-    # Ray memory each conversation actor reserves (0: none, the actor asks Ray for nothing). On an
-    # autoscaling cluster set it near an actor's real size (~50 MiB) so that live conversations
-    # count as load: nodes are added when their memory is spoken for.
+    # Conversation actors (long-lived processes, each serving many conversations) per node; 0 means
+    # one per CPU of the node.
+    hosts_per_node: int = 0
+    # Cap on live conversations per node, split evenly over its conversation actors; past it the
+    # least recently used idle one passivates. 0: derived from the node's memory (a quarter of it
+    # at 4 MiB per live conversation, at least 64).
+    live_conversations_per_node: int = 0
+    directory_shards: int = 2  # named directory actors; conversation c belongs to crc32(c) % this
+    # Ray memory each conversation actor reserves (0: none). On an autoscaling cluster set it so
+    # that the actors count as load on their nodes.
     conversation_actor_memory_mb: int = 0
     keepalive_seconds: float = 20.0  # ping on a stream after this much silence
     heartbeat_seconds: float = 1.0  # SSE comment on a silent stream, so a vanished client is noticed

@@ -8,7 +8,7 @@ from ray import serve
 from runtime import __version__
 from runtime.settings import Settings
 
-from . import errors, health, services
+from . import diagnostics, errors, health, services
 from .auth import BearerAuth
 from .body_limit import BodySizeLimit, check_json_body
 from .letta import agent_messages, agent_tools, agents, blocks, conversations, runs, tools
@@ -29,6 +29,7 @@ def build_app() -> FastAPI:
     app.add_middleware(BodySizeLimit)
     app.add_middleware(BearerAuth)  # added last, so it runs first: no body is read without the key
     app.include_router(health.router)
+    app.include_router(diagnostics.router)
     for letta_router in (
         agents.router,
         agent_messages.router,

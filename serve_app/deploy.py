@@ -1,4 +1,5 @@
-"""Starting Parley: Ray (local, or joining a cluster), Serve's HTTP proxy, provider actors, the app.
+"""Starting Parley: Ray (local, or joining a cluster), Serve's HTTP proxy, provider actors, the
+directory and the conversation actor pools, the app.
 
 Used by ``parley serve``; blocks until SIGINT/SIGTERM, then shuts Serve and Ray down.
 """
@@ -22,6 +23,8 @@ from ray import serve
 from ray.serve.config import HTTPOptions
 from ray.serve.schema import LoggingConfig
 
+from actors.directory import start_directory
+from actors.placement import start_pools
 from actors.provider_actor import start_provider_actors
 from runtime.conversation_runner import close_interrupted_runs
 from runtime.settings import ProviderCredentials, Settings
@@ -119,14 +122,15 @@ def start(settings: Settings, credentials: ProviderCredentials) -> None:
     quiet = LoggingConfig(log_level="WARNING", enable_access_log=False)
     http = HTTPOptions(host=settings.host, port=settings.port, location=settings.proxy_location)
     serve.start(http_options=http, logging_config=quiet)
-    providers_ready = start_provider_actors(settings, credentials)
+    # Started before the app and waited for: no request ever waits for a process start.
+    ready = start_provider_actors(settings, credentials) + start_directory(settings) + start_pools(settings)
     serve.run(
         ParleyIngress.options(logging_config=quiet, **replica_options(settings)).bind(settings),
         name=APP_NAME,
         route_prefix="/",
         blocking=False,
     )
-    ray.get(providers_ready, timeout=120)
+    ray.get(ready, timeout=120)
 
 
 def close_runs_of_earlier_servers(settings: Settings) -> None:

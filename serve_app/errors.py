@@ -23,6 +23,7 @@ from runtime.errors import (
     ConversationBusy,
     InvalidArgument,
     NotFound,
+    Overloaded,
     ParleyError,
     ValidationFailed,
 )
@@ -37,6 +38,7 @@ _STATUS: list[tuple[type[ParleyError], int]] = [
     (ValidationFailed, 422),
     (ConversationBusy, 409),
     (Conflict, 409),
+    (Overloaded, 503),
 ]
 # Letta words the message of some errors with a code prefix ("INVALID_ARGUMENT: ...").
 _LETTA_PREFIX: dict[type[ParleyError], str] = {
@@ -50,6 +52,7 @@ _OPENAI_TYPE = {
     422: "invalid_request_error",
     409: "conflict_error",
     500: "server_error",
+    503: "server_error",
 }
 
 
@@ -90,6 +93,8 @@ def is_openai(request: Request) -> bool:
 def error_response(request: Request, exc: ParleyError) -> JSONResponse:
     status = status_of(exc)
     headers = NO_RETRY if status == 409 else None
+    if isinstance(exc, Overloaded):
+        headers = {"retry-after": str(exc.retry_after)}
     if is_openai(request):
         if status == 422:
             status = 400  # the OpenAI surface reports every invalid field as a 400

@@ -1,4 +1,4 @@
-"""What route handlers share inside one Serve replica: settings, the store, the directory."""
+"""What route handlers share inside one Serve replica: settings, the store, the conversation client."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from actors.directory import Directory
+from actors.conversation_client import ConversationClient
 from runtime.limits import InputLimits
 from runtime.settings import Settings
 from runtime.store import Store, open_store
@@ -18,13 +18,12 @@ from runtime.store import Store, open_store
 class Services:
     settings: Settings
     store: Store
-    directory: Directory
+    conversations: ConversationClient
     built_in_tools_ready: bool = False  # the built-in tools are in the store (checked once)
-    warmed: bool = False  # the directory's warm pool has been started
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
-        return cls(settings, open_store(settings.resolved_store_url), Directory(settings))
+        return cls(settings, open_store(settings.resolved_store_url), ConversationClient(settings))
 
     @cached_property
     def limits(self) -> InputLimits:
@@ -46,7 +45,6 @@ async def get_services() -> Services:
     hop on every request."""
     if _current is None:
         raise RuntimeError("Parley services are not started in this process")
-    warm_up_once()
     return _current
 
 
@@ -60,14 +58,6 @@ def api_key() -> str | None:
 def max_request_bytes() -> int | None:
     """The largest request body accepted, or None before the replica's services are started."""
     return None if _current is None else _current.settings.max_request_bytes
-
-
-def warm_up_once() -> None:
-    """Start the directory's warm pool on the first request (it runs in the replica's event loop,
-    which the constructor does not)."""
-    if _current is not None and not _current.warmed:
-        _current.warmed = True
-        _current.directory.warm_up()
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

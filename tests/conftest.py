@@ -1,7 +1,7 @@
 """Shared fixtures: a real fake-LLM process and a real ``parley serve`` process on free ports.
 
 End-to-end tests drive the server only through the official SDKs over HTTP. The server runs with
-a short passivation time so that idle conversation actors come and go during the session.
+a short passivation time so that idle conversations passivate and activate again during the session.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from parley.processes import FakeLLMProcess, ServerProcess, start_fake_llm, star
 
 IDLE_SECONDS = 3.0
 TOOL_TIMEOUT_SECONDS = 4.0
-SPARE_TTL_SECONDS = 5.0
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +48,6 @@ def server(
             "PARLEY_CONVERSATION_IDLE_SECONDS": str(IDLE_SECONDS),
             "PARLEY_KEEPALIVE_SECONDS": "20",
             "PARLEY_TOOL_TIMEOUT_SECONDS": str(TOOL_TIMEOUT_SECONDS),
-            # Warm-pool actors not claimed soon exit, so tests can watch actors come and go.
-            "PARLEY_SPARE_TTL_SECONDS": str(SPARE_TTL_SECONDS),
             # An OpenAI-compatible provider (as vLLM or Ollama would be), served by the same fake.
             "PARLEY_PROVIDER_LOCALAI_BASE_URL": fake_llm.openai_base_url,
             "PARLEY_PROVIDER_LOCALAI_API_KEY": "local-key",

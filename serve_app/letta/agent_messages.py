@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from runtime.errors import NotFound
-from runtime.events import RunStarted
 from runtime.store import Page
 from serve_app.routing import IdempotencyKey, PageLimit, require_cursors
 from serve_app.services import ServicesDep
@@ -80,9 +79,11 @@ async def send_async(
     conversation = await default_conversation(services, agent_id)
     background = body.model_copy(update={"background": True})
     turn = turn_request(background, "send_message_async", idempotency_key)
-    stream = await services.directory.open_stream(conversation.id, "send", turn)
+    stream = await services.conversations.send(conversation.id, turn)
     stream.close()  # a background run outlives its first reader
-    run_id = next(e.run_id for e in stream.first if isinstance(e, RunStarted))
+    run_id = stream.run_id
+    if run_id is None:
+        raise NotFound("the run did not start")
     run = await services.store.get_run(run_id)
     if run is None:
         raise NotFound(f"Run {run_id} not found")

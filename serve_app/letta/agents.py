@@ -231,6 +231,6 @@ async def delete_agent(agent_id: str, services: ServicesDep) -> dict[str, str]:
     # Stop the agent's live conversation actors before their rows disappear.
     conversations = await services.store.list_conversations(agent.id, Page(limit=1_000_000))
     for conversation in conversations:
-        await services.directory.retire(conversation.id)
+        await services.conversations.retire(conversation.id)
     await services.store.delete_agent(agent.id)
     return {"message": f"Agent id={agent.id} successfully deleted"}

@@ -66,7 +66,7 @@ async def create_conversation(
     if body.model:
         split_handle(body.model, compatible=services.settings.compatible_providers)
     conversation = Conversation(
-        id=services.directory.reserve_conversation_id(),
+        id=ids.new_id(ids.CONVERSATION),
         agent_id=agent.id,
         summary=body.summary,
         description=body.description,
@@ -123,7 +123,7 @@ async def update_conversation(
 @router.delete("/v1/conversations/{conversation_id}")
 async def delete_conversation(conversation_id: str, services: ServicesDep) -> None:
     conversation = await load_conversation(services, conversation_id)
-    await services.directory.retire(conversation.id)
+    await services.conversations.retire(conversation.id)
     await services.store.delete_conversation(conversation.id)
 
 
@@ -165,9 +165,9 @@ async def resume_stream(
 ) -> EventStreamResponse:
     body = body or RetrieveStream()
     conversation = await addressed(services, conversation_id, body.agent_id)
-    if body.run_id is None and services.directory.live(conversation.id) is None:
+    if body.run_id is None and not await services.conversations.is_live(conversation.id):
         raise InvalidArgument("No active runs found for this conversation.")
-    stream = await services.directory.open_stream(conversation.id, "follow", body.run_id, body.starting_after)
+    stream = await services.conversations.follow(conversation.id, body.run_id, body.starting_after)
     return sse_response(
         stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
     )
@@ -176,7 +176,7 @@ async def resume_stream(
 @router.post("/v1/conversations/{conversation_id}/cancel")
 async def cancel(conversation_id: str, services: ServicesDep, agent_id: str | None = None) -> dict[str, str]:
     conversation = await addressed(services, conversation_id, agent_id)
-    cancelled = await services.directory.call(conversation.id, "cancel", None, activate=False)
+    cancelled = await services.conversations.cancel(conversation.id)
     if not cancelled:
         raise Conflict(f"No active runs to cancel for conversation {conversation.id}")
     return dict.fromkeys(cancelled, "cancelled")

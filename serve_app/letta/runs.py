@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from actors.directory import Stream
+from actors.conversation_client import RunStream
 from runtime import ids
 from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
 from runtime.run import Run, RunStatus
@@ -108,11 +108,9 @@ async def stream_run(
     stored = await load_run_log(services.store, run) if run.status.terminal else None
     if stored is not None:
         # A finished run replays from the store, here: no need to wake its conversation's actor.
-        stream = Stream(stored.read(body.starting_after), None)
+        stream = RunStream.of(stored.read(body.starting_after))
     else:
-        stream = await services.directory.open_stream(
-            run.conversation_id, "follow", run.id, body.starting_after
-        )
+        stream = await services.conversations.follow(run.conversation_id, run.id, body.starting_after)
     return sse_response(
         stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
     )
@@ -124,8 +122,8 @@ async def cancel_runs(services: Services, runs: list[Run]) -> dict[str, str]:
     for run in runs:
         if run.conversation_id is None or run.status.terminal:
             continue
-        done = await services.directory.call(run.conversation_id, "cancel", run.id, activate=False)
-        cancelled.update(dict.fromkeys(done or [], "cancelled"))
+        done = await services.conversations.cancel(run.conversation_id, run.id)
+        cancelled.update(dict.fromkeys(done, "cancelled"))
     if not cancelled:
         raise Conflict("No active runs to cancel")
     return cancelled

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from actors.directory import Stream
+from actors.conversation_client import RunStream
 from runtime.conversation import Conversation
 from runtime.errors import ValidationFailed
 from runtime.events import MessageDone, RunEvent, Stopped
@@ -36,9 +36,7 @@ async def start_send(
     body.check_limits(services.limits)
     if not streaming and (body.stream_tokens or body.background):
         raise ValidationFailed("stream_tokens / background: only with streaming=true")
-    stream = await services.directory.open_stream(
-        conversation.id, "send", turn_request(body, run_type, idempotency_key)
-    )
+    stream = await services.conversations.send(conversation.id, turn_request(body, run_type, idempotency_key))
     if not streaming:
         return await json_response(stream, body.include_return_message_types)
     renderer = render.StreamRenderer(body.include_pings, body.include_return_message_types)
@@ -71,16 +69,15 @@ def turn_request(body: SendMessages, run_type: str, idempotency_key: str | None)
 
 
 def sse_response(
-    stream: Stream, renderer: render.StreamRenderer, heartbeat: float
+    stream: RunStream, renderer: render.StreamRenderer, heartbeat: float
 ) -> sse.EventStreamResponse:
     body = _sse_body(stream, renderer)
     return sse.EventStreamResponse(sse.with_heartbeat(body, heartbeat) if heartbeat > 0 else body)
 
 
-async def _sse_body(stream: Stream, renderer: render.StreamRenderer) -> AsyncIterator[bytes]:
+async def _sse_body(stream: RunStream, renderer: render.StreamRenderer) -> AsyncIterator[bytes]:
     try:
-        yield renderer.render(stream.first)
-        async for batch in stream.rest():
+        async for batch in stream:
             yield renderer.render(batch)
     except Exception as exc:  # the run's actor went away mid-stream: say so, then end the stream
         log.warning("stream ended by %s: %s", type(exc).__name__, exc)
@@ -100,7 +97,7 @@ async def _sse_body(stream: Stream, renderer: render.StreamRenderer) -> AsyncIte
         stream.close()
 
 
-async def collect(stream: Stream) -> tuple[list[MessageDone], Stopped | None]:
+async def collect(stream: RunStream) -> tuple[list[MessageDone], Stopped | None]:
     """Read a run to its end (non-streaming sends)."""
     produced: list[MessageDone] = []
     stopped: Stopped | None = None
@@ -113,13 +110,12 @@ async def collect(stream: Stream) -> tuple[list[MessageDone], Stopped | None]:
             elif isinstance(event, Stopped):
                 stopped = event
 
-    take(stream.first)
-    async for batch in stream.rest():
+    async for batch in stream:
         take(batch)
     return produced, stopped
 
 
-async def json_response(stream: Stream, include_types: Sequence[str] | None) -> JSONResponse:
+async def json_response(stream: RunStream, include_types: Sequence[str] | None) -> JSONResponse:
     """``LettaResponse``: the produced messages (not the input), the stop reason and the usage."""
     produced, stopped = await collect(stream)
     messages: list[dict[str, Any]] = []

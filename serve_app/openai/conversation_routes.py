@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from runtime.clock import utcnow
 from runtime.conversation import Conversation
 from runtime.errors import NotFound
+from runtime.ids import CONVERSATION, new_id
 from runtime.inputs import stored_inputs
 from runtime.limits import MAX_ITEMS_PER_ADD, check_metadata
 from runtime.message import Message
@@ -53,9 +54,7 @@ async def create_conversation(body: CreateConversation, services: ServicesDep) -
     metadata = check_metadata(body.metadata)
     inputs = parse_input(body.items, "items", services.limits) if body.items else []
     agent = await home_agent(services)
-    conversation = Conversation(
-        id=services.directory.reserve_conversation_id(), agent_id=agent.id, metadata=metadata
-    )
+    conversation = Conversation(id=new_id(CONVERSATION), agent_id=agent.id, metadata=metadata)
     # No actor can hold a conversation that does not exist yet: its first items go straight in.
     messages = stored_inputs(inputs, agent.id, conversation.id, None, field="items")
     conversation.in_context_message_ids = [m.id for m in messages]
@@ -88,7 +87,7 @@ async def update_conversation(
 @router.delete("/conversations/{conversation_id}")
 async def delete_conversation(conversation_id: str, services: ServicesDep) -> dict[str, Any]:
     conversation = await load_conversation(services, conversation_id)
-    await services.directory.retire(conversation.id)
+    await services.conversations.retire(conversation.id)
     await services.store.delete_conversation(conversation.id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
@@ -129,7 +128,7 @@ async def add_items(conversation_id: str, body: AddItems, services: ServicesDep)
             f"Invalid 'items': at most {MAX_ITEMS_PER_ADD} items at a time, got {len(body.items)}.", "items"
         )
     inputs = parse_input(body.items, "items", services.limits)
-    stored: list[Message] = await services.directory.call(conversation.id, "add_messages", inputs)
+    stored = await services.conversations.add_messages(conversation.id, inputs)
     return page([item for m in stored for item in items_of(m)], has_more=False)
 
 
@@ -161,6 +160,6 @@ async def retrieve_item(conversation_id: str, item_id: str, services: ServicesDe
 async def delete_item(conversation_id: str, item_id: str, services: ServicesDep) -> dict[str, Any]:
     conversation = await load_conversation(services, conversation_id)
     message_id, part_index = ids.parse_item_id(item_id)
-    if not await services.directory.call(conversation.id, "remove_part", message_id, part_index):
+    if not await services.conversations.remove_part(conversation.id, message_id, part_index):
         raise NotFound(f"Conversation item {item_id!r} not found in conversation {conversation_id!r}.")
     return conversation_object(conversation)

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
-from actors.directory import Stream
+from actors.conversation_client import RunStream
 from runtime.conversation import Conversation
 from runtime.errors import Conflict, NotFound
-from runtime.events import Done, RunEvent, RunStarted
+from runtime.events import Done, RunEvent
 from runtime.ids import CONVERSATION, MESSAGE, derived_id, new_id
 from runtime.limits import check_metadata
 from runtime.message import Message
@@ -180,7 +180,7 @@ async def _target(
 
 def _new_conversation_id(services: Services, key: str | None) -> str:
     if key is None:
-        return services.directory.reserve_conversation_id()
+        return new_id(CONVERSATION)
     return derived_id(CONVERSATION, f"openai-response:{key}")
 
 
@@ -283,8 +283,9 @@ async def create_response(
         tool_required=tool_required,
         forced_tool=forced_tool,
     )
-    stream = await services.directory.open_stream(conversation.id, "send", turn)
-    run_id = next(e.run_id for e in stream.first if isinstance(e, RunStarted))
+    stream = await services.conversations.send(conversation.id, turn)
+    run_id = stream.run_id
+    assert run_id is not None
     if body.stream:
         body_iter = _events(services, stream, run_id)
         heartbeat = services.settings.heartbeat_seconds
@@ -301,29 +302,24 @@ async def create_response(
     return await response_for(services, run)
 
 
-async def _drain(stream: Stream) -> None:
+async def _drain(stream: RunStream) -> None:
     try:
-        if not any(isinstance(e, Done) for e in stream.first):
-            async for batch in stream.rest():
-                if any(isinstance(e, Done) for e in batch):
-                    break
+        async for _batch in _batches(stream):
+            pass
     finally:
         stream.close()
 
 
-async def _batches(stream: Stream) -> AsyncIterator[list[RunEvent]]:
+async def _batches(stream: RunStream) -> AsyncIterator[list[RunEvent]]:
     """The run's event batches up to and including ``Done``."""
-    yield stream.first
-    if any(isinstance(e, Done) for e in stream.first):
-        return
-    async for batch in stream.rest():
+    async for batch in stream:
         yield batch
         if any(isinstance(e, Done) for e in batch):
             return
 
 
 async def _events(
-    services: Services, stream: Stream, run_id: str, starting_after: int = -1
+    services: Services, stream: RunStream, run_id: str, starting_after: int = -1
 ) -> AsyncIterator[bytes]:
     """The response's SSE events, those numbered after ``starting_after`` (a resumed stream)."""
     async for event in _all_events(services, stream, run_id):
@@ -331,7 +327,7 @@ async def _events(
             yield sse(event)
 
 
-async def _all_events(services: Services, stream: Stream, run_id: str) -> AsyncIterator[dict[str, Any]]:
+async def _all_events(services: Services, stream: RunStream, run_id: str) -> AsyncIterator[dict[str, Any]]:
     renderer: ResponseStream | None = None
     try:
         run = await services.store.get_run(run_id)
@@ -373,9 +369,9 @@ async def retrieve_response(
     stored = await load_run_log(services.store, run) if run.status.terminal else None
     assert run.conversation_id is not None
     source = (
-        Stream(stored.events(), None)
+        RunStream.of(stored.events())
         if stored is not None
-        else await services.directory.open_stream(run.conversation_id, "follow", run.id, 0)
+        else await services.conversations.follow(run.conversation_id, run.id, 0)
     )
     body_iter = _events(services, source, run.id, starting_after)
     heartbeat = services.settings.heartbeat_seconds
@@ -401,7 +397,7 @@ async def cancel_response(response_id: str, services: ServicesDep) -> dict[str, 
             f"Response {response_id!r} cannot be cancelled: only a background response in progress can."
         )
     assert run.conversation_id is not None
-    await services.directory.call(run.conversation_id, "cancel", run.id)
+    await services.conversations.cancel(run.conversation_id, run.id)
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
     while not run.status.terminal and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)

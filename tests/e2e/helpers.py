@@ -28,8 +28,14 @@ def assistant_text(chunks: list[Any]) -> str:
 
 def race_two(send_once: Callable[[], object]) -> list[str]:
     """Start two identical sends at the same instant; "ok" or "409" for each, sorted."""
+    return race(send_once, 2)
+
+
+def race(send_once: Callable[[], object], count: int) -> list[str]:
+    """Start ``count`` identical sends at the same instant, each on its own thread; "ok", "409" or
+    the name of any other error for each, sorted."""
     results: list[str] = []
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(count)
 
     def racer() -> None:
         barrier.wait()
@@ -38,10 +44,24 @@ def race_two(send_once: Callable[[], object]) -> list[str]:
             results.append("ok")
         except ConflictError:
             results.append("409")
+        except Exception as exc:
+            results.append(type(exc).__name__)
 
-    threads = [threading.Thread(target=racer) for _ in range(2)]
+    threads = [threading.Thread(target=racer) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
     return sorted(results)
+
+
+def live_conversations(base_url: str, api_key: str | None = None) -> dict[str, str]:
+    """Conversation id -> node id of every live activation (the server's diagnostic route)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    answer = httpx.get(f"{base_url}/v1/_parley/activations", headers=headers, timeout=30)
+    answer.raise_for_status()
+    listed = [(a["conversation_id"], a["node_id"]) for a in answer.json()["activations"]]
+    assert len({c for c, _ in listed}) == len(listed), f"a conversation is live twice: {listed}"
+    return dict(listed)

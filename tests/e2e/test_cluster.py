@@ -22,7 +22,7 @@ from letta_client import APIStatusError, Letta
 
 from parley.processes import FakeLLMProcess, RedisProcess, ServerProcess, start_redis, start_server
 
-from .helpers import assistant_text, race_two, send
+from .helpers import assistant_text, live_conversations, race_two, send
 
 IDLE_SECONDS = 4.0
 # Short health checks, in the environment of the process that starts GCS: a dead node is noticed
@@ -45,29 +45,14 @@ class ClusterRig:
     def raylet_pid(self, node: Any) -> int:
         return node.all_processes["raylet"][0].process.pid
 
-    def node_of(self, pid: int) -> Any | None:
-        """The cluster node whose raylet started process ``pid`` (an actor's worker)."""
-        try:
-            parent = psutil.Process(pid).ppid()
-        except psutil.NoSuchProcess:
-            return None
-        for node in [self.cluster.head_node, *self.workers]:
-            if node in self.cluster.list_all_nodes() and self.raylet_pid(node) == parent:
-                return node
-        return None
+    def nodes(self) -> list[Any]:
+        return [n for n in [self.cluster.head_node, *self.workers] if n in self.cluster.list_all_nodes()]
 
-    def actor_nodes(self) -> dict[int, Any]:
-        """Worker pid -> node, for every live conversation actor."""
-        found = {}
-        for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-            cmdline = proc.info["cmdline"] or []
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if cmdline and cmdline[0].startswith("ray::ConversationActor"):
-                node = self.node_of(proc.info["pid"])
-                if node is not None:
-                    found[proc.info["pid"]] = node
-        return found
+    def live_nodes(self) -> dict[str, Any]:
+        """Conversation id -> the cluster node serving it, for every live activation (each
+        conversation listed once: ``live_conversations`` checks it)."""
+        by_id = {node.node_id: node for node in self.nodes()}
+        return {c: by_id[n] for c, n in live_conversations(self.server.url).items() if n in by_id}
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +81,6 @@ def rig(fake_llm: FakeLLMProcess, tmp_path_factory: pytest.TempPathFactory) -> I
                 "PARLEY_PROXY_LOCATION": "HeadOnly",  # one machine: the nodes would share the port
                 "PARLEY_SERVE_HAPROXY": "0",
                 "PARLEY_CONVERSATION_IDLE_SECONDS": str(IDLE_SECONDS),
-                # No warm pool: every actor seen here is a conversation's, so the node killed
-                # below surely hosts conversations with runs in flight (a spare has none).
-                "PARLEY_WARM_ACTORS": "0",
                 # As cluster.yaml runs it: actors reserve Ray memory, so the autoscaler sees them.
                 "PARLEY_CONVERSATION_ACTOR_MEMORY_MB": "64",
             },
@@ -140,8 +122,8 @@ def activate(letta: Letta, agent_id: str, count: int) -> list[str]:
 def test_actors_spread_and_the_busy_flag_holds_cluster_wide(letta, rig):
     agent = letta.agents.create(model="openai/gpt-4o-mini", include_base_tools=False)
     ids = activate(letta, agent.id, 6)
-    nodes = {id(node) for node in rig.actor_nodes().values()}
-    assert len(nodes) >= 2, "all conversation actors landed on one node"
+    nodes = {id(node) for node in rig.live_nodes().values()}
+    assert len(nodes) >= 2, "all conversations were activated on one node"
     for conversation_id in ids[:3]:
         assert race_two(lambda c=conversation_id: send(letta, c, "[[latency=0.5]] say raced")) == [
             "409",
@@ -154,8 +136,8 @@ def test_actors_spread_and_the_busy_flag_holds_cluster_wide(letta, rig):
 def test_node_kill_loses_no_acknowledged_message(letta, rig):
     agent = letta.agents.create(model="openai/gpt-4o-mini", include_base_tools=False)
     ids = activate(letta, agent.id, 6)
-    on_worker = [node for node in rig.actor_nodes().values() if node in rig.workers]
-    assert on_worker, "no conversation actor on a worker node"
+    on_worker = [node for node in rig.live_nodes().values() if node in rig.workers]
+    assert on_worker, "no conversation activated on a worker node"
     victim = max(set(on_worker), key=on_worker.count)
     # A run in flight on every conversation; those whose actor lived on the victim will fail.
     runs = {}
@@ -193,6 +175,8 @@ def test_node_kill_loses_no_acknowledged_message(letta, rig):
             assert reply == f"The word is W{i}."
         assert time.monotonic() < deadline, f"conversations never came back: {set(ids) - set(recovered)}"
         time.sleep(0.2)
+    # Each conversation is live once, none on the dead node.
+    assert set(rig.live_nodes().values()) <= set(rig.nodes())
     statuses = {c: letta.runs.retrieve(runs[c]) for c in ids}
     failed = [c for c, run in statuses.items() if run.status == "failed"]
     assert failed, "no run was in flight on the killed node"
@@ -221,10 +205,10 @@ def test_node_kill_loses_no_acknowledged_message(letta, rig):
 def test_idle_actors_passivate_and_reactivate_from_the_store(letta, rig):
     agent = letta.agents.create(model="openai/gpt-4o-mini", include_base_tools=False)
     [conversation_id] = activate(letta, agent.id, 1)
-    assert rig.actor_nodes()
-    deadline = time.monotonic() + 60  # every conversation actor, this one's too, after IDLE_SECONDS
-    while live := rig.actor_nodes():
-        assert time.monotonic() < deadline, f"idle conversation actors did not passivate: pids {set(live)}"
+    assert conversation_id in rig.live_nodes()
+    deadline = time.monotonic() + 60  # every conversation, this one too, after IDLE_SECONDS
+    while live := rig.live_nodes():
+        assert time.monotonic() < deadline, f"idle conversations did not passivate: {set(live)}"
         time.sleep(0.5)
     assert (
         assistant_text(send(letta, conversation_id, "What word did I ask you to remember?"))

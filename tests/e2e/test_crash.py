@@ -47,11 +47,7 @@ SEED = int(os.environ.get("PARLEY_CRASH_SEED") or random.SystemRandom().randrang
 # Where the kill lands; each is planned as often as the others, in a seeded random order.
 PHASES = ("request", "stream", "background", "between")
 MODES = ("step", "stream_tokens", "background", "detached")  # detached: background, client leaves
-SERVER_ENV = {
-    # No spare actors: this test creates its conversations once, and each of the many restarts
-    # would otherwise start two worker processes nobody uses.
-    "PARLEY_WARM_ACTORS": "0",
-}
+SERVER_ENV: dict[str, str] = {}
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 REQUEST_TIMEOUT = 60.0
 # Generous: the machine is shared, and a restart there took from 10 to 30 s.

@@ -45,7 +45,6 @@ def faulty_server(
             "PARLEY_PROVIDER_MAX_RETRIES": str(MAX_RETRIES),
             "PARLEY_PROVIDER_BACKOFF_SECONDS": "0.05",
             "PARLEY_PROVIDER_MAX_RETRY_AFTER_SECONDS": str(MAX_RETRY_AFTER_SECONDS),
-            "PARLEY_WARM_ACTORS": "1",
         },
     )
     yield started

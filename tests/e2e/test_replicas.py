@@ -15,7 +15,7 @@ from letta_client import Letta
 
 from parley.processes import FakeLLMProcess, ServerProcess, start_server
 
-from .helpers import assistant_text, race_two, send
+from .helpers import assistant_text, live_conversations, race, race_two, send
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,18 @@ def test_overlapping_sends_conflict_across_replicas(letta):
     send(letta, conversation.id, "say warm")  # activate the actor before racing
     outcomes = [race_two(lambda: send(letta, conversation.id, "[[latency=0.5]] say raced")) for _ in range(6)]
     assert outcomes == [["409", "ok"]] * 6
+    letta.agents.delete(agent.id)
+
+
+def test_racing_first_sends_from_two_replicas(letta, two_replicas):
+    """Many clients send the first message of new conversations at once, through both replicas:
+    each conversation is activated once, and exactly one send runs."""
+    agent = letta.agents.create(model="openai/gpt-4o-mini", include_base_tools=False)
+    for _ in range(6):
+        conversation = letta.conversations.create(agent_id=agent.id)
+        outcomes = race(lambda c=conversation.id: send(letta, c, "[[latency=0.5]] say first"), 8)
+        assert outcomes == ["409"] * 7 + ["ok"]
+        assert list(live_conversations(two_replicas.url)).count(conversation.id) == 1
     letta.agents.delete(agent.id)
 
 

@@ -1,0 +1,238 @@
+"""``ConversationClient``: the typed way to call a conversation, wherever it is activated.
+
+Used by the HTTP replicas. Each method names the conversation and returns a typed result; behind
+it, the client asks the conversation's directory shard for its binding (cached here), calls the
+actor that serves it, and when that actor says ``NotHere`` or cannot be reached, resolves again
+naming the binding it could not use, so the shard checks it and binds anew when it is stale.
+
+It is also the boundary where Ray's errors become Parley's: an error raised inside an actor
+arrives wrapped in ``RayTaskError`` and leaves here as the original exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import ray
+from ray.exceptions import RayActorError
+
+from runtime.events import RunEvent, RunStarted, decode_batch
+from runtime.message import Message
+from runtime.settings import Settings
+from runtime.turn import InputMessage, TurnRequest
+
+from .activation import NotHere
+from .conversation_actor import HostReport
+from .directory import Binding, shard_handle, shard_of, unwrap
+from .placement import listed_hosts
+
+ATTEMPTS = 30
+RETRY_DELAY = 0.05  # grows with each attempt, up to MAX_RETRY_DELAY
+MAX_RETRY_DELAY = 1.0
+CACHED_BINDINGS = 10_000  # most recently used conversations whose binding this replica keeps
+REPORT_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+class RunStream:
+    """A started ``send`` or ``follow``: its event batches, as one async iterator.
+
+    The first batch has already arrived when a ``RunStream`` is returned, so errors raised before
+    a run starts (busy, not found) surface at the call, while an HTTP status can still be chosen.
+    """
+
+    def __init__(self, first: list[RunEvent], generator: ray.ObjectRefGenerator | None = None) -> None:
+        self.first = first
+        self._generator = generator
+        self._exhausted = generator is None
+
+    @classmethod
+    def of(cls, events: list[RunEvent]) -> RunStream:
+        """A stream of events already at hand (a finished run replayed from the store)."""
+        return cls(events)
+
+    @property
+    def run_id(self) -> str | None:
+        return next((e.run_id for e in self.first if isinstance(e, RunStarted)), None)
+
+    async def __aiter__(self) -> AsyncIterator[list[RunEvent]]:
+        yield self.first
+        if self._generator is None:
+            return
+        try:
+            async for ref in self._generator:
+                try:
+                    data = await ref
+                except Exception as exc:
+                    raise unwrap(exc) from None
+                yield decode_batch(data)
+            self._exhausted = True
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the remote generator if the reader leaves before its end (a client disconnect)."""
+        if not self._exhausted and self._generator is not None:
+            self._exhausted = True
+            # Not recursive: Ray counts the provider calls a run makes as children of the call
+            # that started it, and a background run must outlive its first reader.
+            ray.cancel(self._generator, recursive=False)
+
+
+class ConversationClient:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._shards: dict[int, ray.actor.ActorHandle] = {}
+        self._bindings: OrderedDict[str, Binding] = OrderedDict()
+
+    # --- typed calls --------------------------------------------------------------------------------
+    async def send(self, conversation_id: str, request: TurnRequest) -> RunStream:
+        """Start a run (``ConversationBusy`` at once if one holds the conversation)."""
+        return await self._stream(
+            conversation_id,
+            lambda host: host.send.options(num_returns="streaming").remote(conversation_id, request),
+        )
+
+    async def follow(self, conversation_id: str, run_id: str | None, after: int = 0) -> RunStream:
+        """Follow a run (the active one when ``run_id`` is None) from event ``after`` on."""
+        return await self._stream(
+            conversation_id,
+            lambda host: host.follow.options(num_returns="streaming").remote(conversation_id, run_id, after),
+        )
+
+    async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
+        """Cancel a run (every active one when ``run_id`` is None). A conversation that is not live
+        has no run to cancel: it is not activated for this."""
+        cancelled = await self._call_live(conversation_id, lambda h: h.cancel.remote(conversation_id, run_id))
+        return cancelled or []
+
+    async def add_messages(self, conversation_id: str, messages: list[InputMessage]) -> list[Message]:
+        return await self._call(conversation_id, lambda h: h.add_messages.remote(conversation_id, messages))
+
+    async def remove_part(self, conversation_id: str, message_id: str, part_index: int) -> bool:
+        return await self._call(
+            conversation_id, lambda h: h.remove_part.remote(conversation_id, message_id, part_index)
+        )
+
+    async def is_live(self, conversation_id: str) -> bool:
+        return await self._lookup(conversation_id) is not None
+
+    async def retire(self, conversation_id: str) -> None:
+        """Stop serving a deleted conversation, if it is live (runs cancelled, activation dropped)."""
+        await self._call_live(conversation_id, lambda h: h.retire.remote(conversation_id))
+        self._bindings.pop(conversation_id, None)
+
+    async def reports(self) -> list[HostReport]:
+        """What every conversation actor holds (diagnostics and tests)."""
+
+        async def report(name: str) -> HostReport | None:
+            try:
+                handle = ray.get_actor(name, namespace=self._settings.namespace)
+                return await asyncio.wait_for(handle.report.remote(), REPORT_TIMEOUT)
+            except Exception:  # starting, dying or dead: it holds nothing we can reach
+                return None
+
+        names = listed_hosts(self._settings)
+        return [r for r in await asyncio.gather(*(report(n) for n in names)) if r is not None]
+
+    # --- resolving ----------------------------------------------------------------------------------
+    def _shard(self, conversation_id: str) -> ray.actor.ActorHandle:
+        index = shard_of(conversation_id, self._settings.directory_shards)
+        handle = self._shards.get(index)
+        if handle is None:
+            handle = self._shards[index] = shard_handle(self._settings, index)
+        return handle
+
+    async def _resolve(self, conversation_id: str, suspect: Binding | None) -> Binding:
+        cached = self._bindings.get(conversation_id)
+        if cached is not None and cached is not suspect:
+            self._bindings.move_to_end(conversation_id)
+            return cached
+        token = suspect.token if suspect is not None else None
+        try:
+            binding: Binding = await self._shard(conversation_id).resolve.remote(conversation_id, token)
+        except Exception as exc:
+            raise unwrap(exc) from None
+        self._bindings[conversation_id] = binding
+        if len(self._bindings) > CACHED_BINDINGS:
+            self._bindings.popitem(last=False)
+        return binding
+
+    async def _lookup(self, conversation_id: str) -> Binding | None:
+        cached = self._bindings.get(conversation_id)
+        if cached is not None:
+            return cached
+        try:
+            return await self._shard(conversation_id).lookup.remote(conversation_id)
+        except Exception as exc:
+            raise unwrap(exc) from None
+
+    def _stale(self, binding: Binding) -> None:
+        if self._bindings.get(binding.conversation_id) is binding:
+            del self._bindings[binding.conversation_id]
+
+    async def _call(self, conversation_id: str, invoke: Callable[[ray.actor.ActorHandle], Awaitable[T]]) -> T:
+        suspect: Binding | None = None
+        for attempt in range(ATTEMPTS):
+            binding = await self._resolve(conversation_id, suspect)
+            try:
+                return await invoke(binding.host)
+            except Exception as exc:
+                if not _unusable(exc) or attempt + 1 == ATTEMPTS:
+                    raise unwrap(exc) from None
+                self._stale(binding)
+                suspect = binding
+                await _backoff(attempt, exc)
+        raise AssertionError("unreachable")
+
+    async def _call_live(
+        self, conversation_id: str, invoke: Callable[[ray.actor.ActorHandle], Awaitable[T]]
+    ) -> T | None:
+        """A call to the conversation's activation if it has one; None (and no activation) if not."""
+        binding = await self._lookup(conversation_id)
+        if binding is None:
+            return None
+        try:
+            return await invoke(binding.host)
+        except Exception as exc:
+            if _unusable(exc):
+                self._stale(binding)
+                return None
+            raise unwrap(exc) from None
+
+    async def _stream(
+        self, conversation_id: str, start: Callable[[ray.actor.ActorHandle], ray.ObjectRefGenerator]
+    ) -> RunStream:
+        suspect: Binding | None = None
+        for attempt in range(ATTEMPTS):
+            binding = await self._resolve(conversation_id, suspect)
+            generator = start(binding.host)
+            try:
+                first = decode_batch(await (await generator.__anext__()))
+            except StopAsyncIteration:
+                return RunStream([])
+            except Exception as exc:
+                if not _unusable(exc) or attempt + 1 == ATTEMPTS:
+                    raise unwrap(exc) from None
+                self._stale(binding)
+                suspect = binding
+                await _backoff(attempt, exc)
+                continue
+            return RunStream(first, generator)
+        raise AssertionError("unreachable")
+
+
+def _unusable(exc: BaseException) -> bool:
+    """The binding cannot serve the call: its actor disowns the conversation, or is unreachable."""
+    return isinstance(unwrap(exc), NotHere) or isinstance(exc, RayActorError)
+
+
+async def _backoff(attempt: int, exc: BaseException) -> None:
+    # "Not here" is answered by a live actor: resolve again at once. An unreachable actor may be
+    # a dying node: give Ray a moment to notice before asking again.
+    if isinstance(exc, RayActorError):
+        await asyncio.sleep(min(RETRY_DELAY * (attempt + 1), MAX_RETRY_DELAY))

@@ -1,0 +1,145 @@
+"""Placement: which conversation actor a new activation goes to, and the per-node actor pools.
+
+Every alive node runs a fixed pool of conversation actors (``hosts_per_node``, by default one per
+CPU of the node), each a named, detached Ray actor pinned to its node:
+``conversation-host-<node id>-<i>``. They are started when the server starts, and again by
+``HostPool.refresh`` for a node that joined later or an actor that died, in the background and
+never more than one start per node at a time: a process start is the pool's cost, never an
+activation's. The name makes each start idempotent (``get_if_exists``), so two directory shards
+refreshing at once start one actor.
+
+A directory shard places a new activation on the actor with the fewest activations that shard
+has placed there (each shard sees its own share of the conversations; hashing spreads them
+evenly), skipping actors that answered "full" or died.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from runtime.settings import Settings
+
+HOST_PREFIX = "conversation-host-"
+REFRESH_SECONDS = 5.0  # the most often a shard re-lists the pool when nothing is wrong
+
+log = logging.getLogger(__name__)
+
+
+def host_name(node_id: str, index: int) -> str:
+    return f"{HOST_PREFIX}{node_id}-{index}"
+
+
+def node_of(name: str) -> str:
+    return name[len(HOST_PREFIX) :].rsplit("-", 1)[0]
+
+
+def hosts_for(settings: Settings, node: dict) -> int:
+    if settings.hosts_per_node > 0:
+        return settings.hosts_per_node
+    return max(1, int(node.get("Resources", {}).get("CPU", 1)))
+
+
+def alive_nodes() -> list[dict]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def start_host(settings: Settings, node: dict, index: int, hosts_on_node: int) -> ray.actor.ActorHandle:
+    """Get or start the node's ``index``-th conversation actor."""
+    from .conversation_actor import RemoteConversationActor  # the actor module imports this one
+
+    node_id = node["NodeID"]
+    megabytes = settings.conversation_actor_memory_mb
+    reservation = {"memory": megabytes * 1024 * 1024} if megabytes > 0 else {}
+    name = host_name(node_id, index)
+    return RemoteConversationActor.options(
+        name=name,
+        namespace=settings.namespace,
+        get_if_exists=True,
+        lifetime="detached",
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        **reservation,
+    ).remote(settings, name, hosts_on_node)
+
+
+def start_pools(settings: Settings) -> list[ray.ObjectRef]:
+    """Start every alive node's pool; refs that resolve once each actor answers."""
+    refs = []
+    for node in alive_nodes():
+        count = hosts_for(settings, node)
+        refs += [start_host(settings, node, i, count).ping.remote() for i in range(count)]
+    return refs
+
+
+def listed_hosts(settings: Settings) -> list[str]:
+    """Names of the conversation actors GCS knows (alive, starting or restarting)."""
+    return sorted(
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == settings.namespace and entry["name"].startswith(HOST_PREFIX)
+    )
+
+
+@dataclass
+class Host:
+    name: str
+    handle: ray.actor.ActorHandle
+    placed: int = 0  # activations this shard placed here and still owns
+    full_until: float = 0.0  # answered "full": skipped until then
+
+    @property
+    def node_id(self) -> str:
+        return node_of(self.name)
+
+
+class HostPool:
+    """A directory shard's view of the conversation actors, and the placement choice."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._hosts: dict[str, Host] = {}
+        self._refreshed = 0.0
+
+    def known(self) -> list[Host]:
+        return list(self._hosts.values())
+
+    def get(self, name: str) -> Host | None:
+        return self._hosts.get(name)
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-list the actors, and start those missing on alive nodes (without waiting for them)."""
+        if not force and time.monotonic() - self._refreshed < REFRESH_SECONDS:
+            return
+        self._refreshed = time.monotonic()
+        try:
+            nodes = alive_nodes()
+            for node in nodes:
+                count = hosts_for(self._settings, node)
+                for i in range(count):
+                    name = host_name(node["NodeID"], i)
+                    if name not in self._hosts:
+                        self._hosts[name] = Host(name, start_host(self._settings, node, i, count))
+            alive = {n["NodeID"] for n in nodes}
+            for name in [n for n, h in self._hosts.items() if h.node_id not in alive]:
+                del self._hosts[name]
+        except Exception as exc:  # GCS briefly unreachable: keep the view we have
+            log.warning("could not refresh the conversation actor pool: %s", exc)
+
+    def lost(self, name: str) -> None:
+        """The actor died or was fenced: forget its handle (a refresh starts a new one)."""
+        self._hosts.pop(name, None)
+        self._refreshed = 0.0
+
+    def choose(self, exclude: set[str]) -> Host | None:
+        self.refresh()
+        now = time.monotonic()
+        candidates = [h for h in self._hosts.values() if h.name not in exclude and h.full_until <= now]
+        if not candidates:
+            return None
+        fewest = min(h.placed for h in candidates)
+        return random.choice([h for h in candidates if h.placed == fewest])
