@@ -85,6 +85,7 @@ class ConversationActor:
         self._leaving: set[asyncio.Task[None]] = set()
 
     # --- binding (called by the directory) ---------------------------------------------------------
+    @ray.method(enable_task_events=False)
     async def bind(self, conversation_id: str, token: int) -> None:
         """Activate the conversation here under ``token``, loading it from the store."""
         self._start_reaper()
@@ -109,6 +110,7 @@ class ConversationActor:
                 del self._live[conversation_id]
             raise
 
+    @ray.method(enable_task_events=False)
     async def holds(self, conversation_id: str) -> bool:
         """Whether the conversation is (being) activated here, for the directory's checks."""
         current = self._live.get(conversation_id)
@@ -175,6 +177,7 @@ class ConversationActor:
         finally:
             activation.calls -= 1
 
+    @ray.method(enable_task_events=False)
     async def active_run(self, conversation_id: str) -> str | None:
         activation = self._serving(conversation_id)
         try:
@@ -182,6 +185,7 @@ class ConversationActor:
         finally:
             activation.calls -= 1
 
+    @ray.method(enable_task_events=False)
     async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
         activation = self._serving(conversation_id)
         try:
@@ -189,6 +193,7 @@ class ConversationActor:
         finally:
             activation.calls -= 1
 
+    @ray.method(enable_task_events=False)
     async def add_messages(self, conversation_id: str, messages: list[InputMessage]) -> list[Message]:
         activation = self._serving(conversation_id)
         try:
@@ -196,6 +201,7 @@ class ConversationActor:
         finally:
             activation.calls -= 1
 
+    @ray.method(enable_task_events=False)
     async def remove_part(self, conversation_id: str, message_id: str, part_index: int) -> bool:
         activation = self._serving(conversation_id)
         try:
@@ -203,6 +209,7 @@ class ConversationActor:
         finally:
             activation.calls -= 1
 
+    @ray.method(enable_task_events=False)
     async def retire(self, conversation_id: str) -> None:
         """The conversation was deleted: cancel its runs and drop it now."""
         activation = self._live.get(conversation_id)

@@ -88,6 +88,7 @@ class ConversationClient:
         self._settings = settings
         self._shards: dict[int, ray.actor.ActorHandle] = {}
         self._bindings: OrderedDict[str, Binding] = OrderedDict()
+        self._hosts: dict[str, ray.actor.ActorHandle] = {}  # conversation actors by name
 
     # --- typed calls --------------------------------------------------------------------------------
     async def send(self, conversation_id: str, request: TurnRequest) -> RunStream:
@@ -171,20 +172,32 @@ class ConversationClient:
         except Exception as exc:
             raise unwrap(exc) from None
 
-    def _stale(self, binding: Binding) -> None:
+    def _host(self, binding: Binding) -> ray.actor.ActorHandle:
+        handle = self._hosts.get(binding.host_name)
+        if handle is None:
+            try:
+                handle = ray.get_actor(binding.host_name, namespace=self._settings.namespace)
+            except ValueError:  # no such actor any more
+                raise NotHere(binding.conversation_id) from None
+            self._hosts[binding.host_name] = handle
+        return handle
+
+    def _stale(self, binding: Binding, exc: BaseException) -> None:
         if self._bindings.get(binding.conversation_id) is binding:
             del self._bindings[binding.conversation_id]
+        if isinstance(exc, RayActorError):  # a new actor may take the name: look it up again
+            self._hosts.pop(binding.host_name, None)
 
     async def _call(self, conversation_id: str, invoke: Callable[[ray.actor.ActorHandle], Awaitable[T]]) -> T:
         suspect: Binding | None = None
         for attempt in range(ATTEMPTS):
             binding = await self._resolve(conversation_id, suspect)
             try:
-                return await invoke(binding.host)
+                return await invoke(self._host(binding))
             except Exception as exc:
                 if not _unusable(exc) or attempt + 1 == ATTEMPTS:
                     raise unwrap(exc) from None
-                self._stale(binding)
+                self._stale(binding, exc)
                 suspect = binding
                 await _backoff(attempt, exc)
         raise AssertionError("unreachable")
@@ -197,10 +210,10 @@ class ConversationClient:
         if binding is None:
             return None
         try:
-            return await invoke(binding.host)
+            return await invoke(self._host(binding))
         except Exception as exc:
             if _unusable(exc):
-                self._stale(binding)
+                self._stale(binding, exc)
                 return None
             raise unwrap(exc) from None
 
@@ -210,15 +223,15 @@ class ConversationClient:
         suspect: Binding | None = None
         for attempt in range(ATTEMPTS):
             binding = await self._resolve(conversation_id, suspect)
-            generator = start(binding.host)
             try:
+                generator = start(self._host(binding))
                 first = decode_batch(await (await generator.__anext__()))
             except StopAsyncIteration:
                 return RunStream([])
             except Exception as exc:
                 if not _unusable(exc) or attempt + 1 == ATTEMPTS:
                     raise unwrap(exc) from None
-                self._stale(binding)
+                self._stale(binding, exc)
                 suspect = binding
                 await _backoff(attempt, exc)
                 continue

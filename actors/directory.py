@@ -58,11 +58,13 @@ def no_capacity(conversation_id: str) -> Overloaded:
 
 @dataclass(frozen=True)
 class Binding:
-    """Conversation ``conversation_id`` is served by actor ``host_name`` under ``token``."""
+    """Conversation ``conversation_id`` is served by actor ``host_name`` under ``token``.
+
+    A plain value: the actor is named, not handed over (a handle crossing processes with every
+    resolve costs reference bookkeeping in both); callers keep their own handle per name."""
 
     conversation_id: str
     host_name: str
-    host: ray.actor.ActorHandle
     token: int
 
 
@@ -92,6 +94,7 @@ class DirectoryShard:
         self._rebuilt: asyncio.Future[None] | None = None
 
     # --- the map ----------------------------------------------------------------------------------
+    @ray.method(enable_task_events=False)
     async def resolve(self, conversation_id: str, suspect: int | None = None) -> Binding:
         """The conversation's binding, activating it if it has none. ``suspect`` is the token of
         a binding the caller could not use (the actor said "not here", or could not be reached):
@@ -110,11 +113,13 @@ class DirectoryShard:
                 pending.add_done_callback(lambda _f, c=conversation_id: self._binding.pop(c, None))
             return await asyncio.shield(pending)
 
+    @ray.method(enable_task_events=False)
     async def lookup(self, conversation_id: str) -> Binding | None:
         """The conversation's binding if it is live; never activates."""
         await self._ready()
         return self._owners.get(conversation_id)
 
+    @ray.method(enable_task_events=False)
     async def release(self, conversation_id: str, token: int) -> None:
         """The actor passivated the conversation: forget the binding if it is still this one."""
         owner = self._owners.get(conversation_id)
@@ -153,21 +158,25 @@ class DirectoryShard:
                 continue
             except Exception as exc:  # the conversation's own error (not found): the caller's
                 raise unwrap(exc) from None
-            binding = Binding(conversation_id, host.name, host.handle, token)
+            binding = Binding(conversation_id, host.name, token)
             self._owners[conversation_id] = binding
             host.placed += 1
             return binding
 
     async def _still_serves(self, owner: Binding) -> bool:
         """Whether ``owner`` is still good; if not, it is forgotten (its actor fenced when silent)."""
+        host = self._pool.get(owner.host_name)
+        if host is None:  # lost meanwhile, with every binding on it
+            self._lost_host(owner.host_name)
+            return False
         try:
-            holds = await asyncio.wait_for(owner.host.holds.remote(owner.conversation_id), PROBE_TIMEOUT)
+            holds = await asyncio.wait_for(host.handle.holds.remote(owner.conversation_id), PROBE_TIMEOUT)
         except RayActorError:
             self._pool.lost(owner.host_name)
             self._lost_host(owner.host_name)
             return False
         except TimeoutError:
-            self._fence(owner.host_name, owner.host)
+            self._fence(owner.host_name, host.handle)
             return False
         if not holds:
             self._forget(owner)
@@ -219,7 +228,7 @@ class DirectoryShard:
 
         for host, pairs in zip(hosts, await asyncio.gather(*(held(h) for h in hosts)), strict=True):
             for conversation_id, token in pairs:
-                self._owners[conversation_id] = Binding(conversation_id, host.name, host.handle, token)
+                self._owners[conversation_id] = Binding(conversation_id, host.name, token)
                 host.placed += 1
         if self._owners:
             log.warning("directory shard %d rebuilt %d bindings", self._index, len(self._owners))

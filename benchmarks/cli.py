@@ -22,9 +22,12 @@ from .load import run_async
 from .progress import Progress
 from .report import write_json, write_markdown, write_plots
 from .rig import Rig, git_commit, machine_info
-from .scenarios import SCENARIOS, TARGETS, Context
+from .scenarios import IDLE_QUIET_S, SCENARIOS, SURFACES, TARGETS, Context
 
 SCHEMA = "parley-bench/1"
+# No baseline can answer 409, passivate, reactivate, or speak the OpenAI surface; fresh and idle
+# measure Parley alone.
+PARLEY_ONLY = ("contention", "memory", "fresh", "reactivation", "idle")
 
 
 def _ints(text: str) -> list[int]:
@@ -48,7 +51,23 @@ def _choices(allowed: tuple[str, ...]):
     return parse
 
 
-def _common(p: argparse.ArgumentParser, *, latency: float, token_delay: float, reply_words: int) -> None:
+def _surfaces(text: str) -> list[str]:
+    if text == "both":
+        return list(SURFACES)
+    if text not in SURFACES:
+        raise argparse.ArgumentTypeError(f"choose from {'|'.join((*SURFACES, 'both'))}: {text!r}")
+    return [text]
+
+
+def _common(
+    p: argparse.ArgumentParser,
+    *,
+    latency: float,
+    token_delay: float,
+    reply_words: int,
+    settle: float = 30.0,
+    settle_help: str = "at most this long for a started server to go quiet",
+) -> None:
     g = p.add_argument_group("where and how")
     g.add_argument(
         "--url", help="an already running Parley server (its CPU and memory are then not measured)"
@@ -86,9 +105,7 @@ def _common(p: argparse.ArgumentParser, *, latency: float, token_delay: float, r
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (60)")
     g.add_argument("--max-seconds", type=float, default=120.0, help="no new turn of a phase after this (120)")
     g.add_argument("--budget", type=float, default=3600.0, help="no new phase after this many seconds (3600)")
-    g.add_argument(
-        "--settle", type=float, default=30.0, help="at most this long for a started server to go quiet (30)"
-    )
+    g.add_argument("--settle", type=float, default=settle, help=f"{settle_help} ({settle:g})")
     g.add_argument(
         "--settle-between", type=float, default=5.0, help="at most this long for quiet between phases (5)"
     )
@@ -136,6 +153,13 @@ def build_parser(prog: str = "parley bench") -> argparse.ArgumentParser:
     p.add_argument("--turns-each", type=int, choices=(1, 2), default=1, help="turns per new conversation (1)")
     p.add_argument("--concurrency", type=_ints, default=[4], help="conversations started at once (4)")
     p.add_argument("--mode", choices=("json", "stream"), default="json")
+    p.add_argument(
+        "--recall-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the first turn tells each conversation a word; after the phase (unmeasured, before the\n"
+        "conversations are deleted) every Parley conversation is asked for it back (on)",
+    )
 
     p = sub.add_parser("contention", help="pairs of overlapping sends to one conversation: one 200, one 409")
     _common(p, latency=0.0, token_delay=0.0, reply_words=0)
@@ -161,6 +185,53 @@ def build_parser(prog: str = "parley bench") -> argparse.ArgumentParser:
     )
     p.add_argument("--passivation-timeout", type=float, default=60.0, help="extra wait for passivation (60)")
     p.add_argument("--mode", choices=("json", "stream"), default="json")
+
+    p = sub.add_parser(
+        "fresh", help="N new conversations at once, each sending sequential turns: creation included"
+    )
+    _common(p, latency=0.0, token_delay=0.0, reply_words=0)
+    p.add_argument("--conversations", type=_ints, default=[1, 8, 32], help="levels N (1,8,32)")
+    p.add_argument("--turns-each", type=int, default=10, help="sequential turns per new conversation (10)")
+    p.add_argument(
+        "--surface",
+        dest="surfaces",
+        type=_surfaces,
+        default=list(SURFACES),
+        help="letta (/v1/conversations), openai (/openai/v1/responses) or both (both)",
+    )
+    p.set_defaults(mode="json")
+
+    p = sub.add_parser(
+        "reactivation", help="the first turn after passivation against the next one; memory kept"
+    )
+    _common(p, latency=0.0, token_delay=0.0, reply_words=0)
+    p.add_argument("--conversations", type=int, default=32, help="M conversations (32)")
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=3.0,
+        help="the server's PARLEY_CONVERSATION_IDLE_SECONDS: how soon they passivate (3)",
+    )
+    p.add_argument(
+        "--concurrency", type=_ints, default=[1, 8], help="levels; 1 is one conversation at a time (1,8)"
+    )
+    p.add_argument("--passivation-timeout", type=float, default=60.0, help="extra wait for passivation (60)")
+    p.set_defaults(mode="json")
+
+    p = sub.add_parser("idle", help="the server's CPU with nobody sending: never used, then N conversations")
+    _common(
+        p,
+        latency=0.0,
+        token_delay=0.0,
+        reply_words=0,
+        settle=5.0,
+        settle_help="seconds the server is left alone before each measured window (a new server first\n"
+        f"gets up to {IDLE_QUIET_S:g} s to go quiet)",
+    )
+    p.add_argument("--conversations", type=int, default=500, help="conversations, one turn each (500)")
+    p.add_argument("--concurrency", type=int, default=16, help="conversations created at once (16)")
+    p.add_argument("--window", type=float, default=20.0, help="seconds of idle CPU measured (20)")
+    p.set_defaults(mode="json")
 
     p = sub.add_parser(
         "cluster",
@@ -197,17 +268,21 @@ def _normalise(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         args.targets = ["parley"]
     if "parley" not in args.targets:
         args.targets = ["parley", *args.targets]
-    if args.scenario in ("contention", "memory"):
-        args.targets = ["parley"]  # no baseline can answer 409 or passivate
+    if args.scenario in PARLEY_ONLY:
+        args.targets = ["parley"]
     if not hasattr(args, "modes"):
         args.modes = [args.mode]
     if args.scenario == "cluster" and (args.url or args.data_dir):
         parser.error("cluster starts a cluster and a server per node count: no --url or --data-dir")
+    if args.scenario in ("memory", "idle") and args.url:
+        parser.error(
+            f"{args.scenario} measures the server's process tree: it needs a server it starts (no --url)"
+        )
     if args.scenario == "memory":
-        if args.url:
-            parser.error("memory measures the server's process tree: it needs a server it starts (no --url)")
         if args.idle_seconds is None:
             args.idle_seconds = 30.0 + args.conversations
+        args.repeats = 1
+    if args.scenario == "idle":
         args.repeats = 1
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -229,7 +304,7 @@ def main(argv: list[str] | None = None, prog: str = "parley bench") -> int:
     args = parser.parse_args(argv)
     _normalise(args, parser)
     env = _env(args.env, parser)
-    if args.scenario == "memory":
+    if args.scenario in ("memory", "reactivation"):
         env.setdefault("PARLEY_CONVERSATION_IDLE_SECONDS", str(args.idle_seconds))
     started = dt.datetime.now().astimezone()
     out: Path = args.out or Path(__file__).resolve().parent / "results" / started.strftime("%Y%m%d-%H%M%S")

@@ -6,6 +6,9 @@ Three targets take the same load shape, so their numbers can stand side by side:
   ``{"input": "echo turn <i>", "streaming": false}`` (one JSON ``LettaResponse``) or, streaming,
   ``streaming: true, stream_tokens: true, include_pings: false`` (SSE read to its end).
 * ``proxy``: ``benchmarks.proxy``, the same two routes forwarding to the fake provider, no state.
+* ``parley`` on its OpenAI surface (``OpenAITarget``, scenario ``fresh``):
+  ``POST /openai/v1/conversations``, then ``POST /openai/v1/responses`` with ``{"model", "input",
+  "conversation"}``; the reply is the ``output_text`` parts of the response's assistant messages.
 * ``direct``: the fake provider itself, ``POST /v1/chat/completions``, as Parley calls it: not
   streamed for a JSON send, streamed (and read to its end) for a streaming one (Parley streams
   from the provider only when the client asked for ``stream_tokens``).
@@ -35,6 +38,26 @@ def turn_text(i: int, reply_words: int = 0, prefix: str = "") -> tuple[str, str]
     """The input of turn ``i`` and the reply the fake provider gives to it."""
     reply = f"turn {i}" + "".join(f" {FILLER}" for _ in range(reply_words))
     return f"{prefix}echo {reply}", reply
+
+
+RECALL = "What word did I ask you to remember?"
+
+
+def new_word() -> str:
+    """A word for a conversation to remember: unique, so that a reply from another conversation's
+    history (or none) cannot pass the check."""
+    return "W" + uuid.uuid4().hex[:8].upper()
+
+
+def remember_text(word: str) -> tuple[str, str]:
+    """The turn that tells a conversation a word, and the fake provider's reply to it."""
+    return f"Remember the word: {word}", f"Okay, I will remember the word {word}."
+
+
+def recall_text(word: str) -> tuple[str, str]:
+    """The turn that asks for the word, and the reply when the conversation's history has it: the
+    fake answers from the history Parley sends it, so a forgotten word gets another reply."""
+    return RECALL, f"The word is {word}."
 
 
 @dataclass
@@ -97,6 +120,50 @@ class LettaTarget(Target):
         if event.get("message_type") == "assistant_message":
             return event.get("content") or ""
         return None
+
+
+class OpenAITarget(Target):
+    """Parley's OpenAI Conversations and Responses API (``/openai/v1``)."""
+
+    def __init__(self, model: str, name: str = "parley") -> None:
+        self.name = name
+        self.model = model
+
+    async def new_conversation(self, client: httpx.AsyncClient) -> str:
+        response = await client.post("/openai/v1/conversations", json={})
+        response.raise_for_status()
+        return response.json()["id"]
+
+    def request(self, conversation_id: str, text: str, stream: bool) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"model": self.model, "input": text, "conversation": conversation_id}
+        if stream:
+            body["stream"] = True
+        return "/openai/v1/responses", body
+
+    def json_reply(self, body: Any) -> str:
+        return "".join(
+            part.get("text") or ""
+            for item in body["output"]
+            if item.get("type") == "message" and item.get("role") == "assistant"
+            for part in item.get("content") or []
+            if part.get("type") == "output_text"
+        )
+
+    def event_text(self, event: dict[str, Any]) -> str | None:
+        if event.get("type") == "response.output_text.delta":
+            return event.get("delta") or ""
+        return None
+
+    def event_failed(self, name: str | None, event: Any) -> bool:
+        kind = event.get("type") if isinstance(event, dict) else None
+        return name in ("error", "response.failed") or kind in ("error", "response.failed")
+
+
+def delete_path(conversation_id: str) -> str:
+    """Where a Parley conversation is deleted: OpenAI-surface ids (``conv_...``) on that surface."""
+    if conversation_id.startswith("conv_"):
+        return f"/openai/v1/conversations/{conversation_id}"
+    return f"/v1/conversations/{conversation_id}"
 
 
 class DirectTarget(Target):

@@ -54,8 +54,10 @@ def _columns(scenario: str, mode: str, targets: list[str]) -> list[tuple[str, Ge
     def p(target: str, *keys: str) -> Get:
         return lambda point: _path(point, "targets", target, *keys)
 
+    if scenario == "reactivation":
+        return _reactivation_columns(p)
     cols: list[tuple[str, Get]] = []
-    if scenario == "churn":
+    if scenario in ("churn", "idle"):
         cols.append(("conversations/s", p("parley", "conversations_per_s")))
         cols.append(("first turn p50 / p99 ms", lambda pt: _pair(pt, "first_turn_ms")))
         cols.append(("create p50 ms", p("parley", "create_ms", "p50")))
@@ -65,6 +67,14 @@ def _columns(scenario: str, mode: str, targets: list[str]) -> list[tuple[str, Ge
         ("p99 ms", p("parley", "latency_ms", "p99")),
         ("max ms", p("parley", "latency_ms", "max")),
     ]
+    if scenario == "fresh":
+        cols += [
+            ("first turn p50 / p99 ms", lambda pt: _pair(pt, "first_turn_ms")),
+            ("later turns p50 / p99 ms", lambda pt: _pair(pt, "later_turn_ms")),
+            ("create p50 / p99 ms", lambda pt: _pair(pt, "create_ms")),
+        ]
+    if scenario == "churn":
+        cols.append(("recall forgot / failed / checked", lambda pt: _recall(pt)))
     if mode == "stream":
         cols.append(("TTFB p50 / p99 ms", lambda pt: _pair(pt, "ttfb_ms")))
     if scenario in ("scale", "cluster"):
@@ -100,6 +110,36 @@ def _columns(scenario: str, mode: str, targets: list[str]) -> list[tuple[str, Ge
         ("other CPU s", p("parley", "cpu", "other_s")),
     ]
     return cols
+
+
+def _reactivation_columns(p: Callable[..., Get]) -> list[tuple[str, Get]]:
+    """The first turn after passivation (cold) beside the turn right after it (warm)."""
+    return [
+        ("first turn after passivation p50 / p99 ms", lambda pt: _pair(pt, "cold_turn_ms")),
+        ("max ms", p("parley", "cold_turn_ms", "max")),
+        ("next turn p50 / p99 ms", lambda pt: _pair(pt, "warm_turn_ms")),
+        ("added by reactivation p50 ms", p("parley", "added_p50_ms")),
+        ("recall forgot / failed / checked", lambda pt: _recall(pt)),
+        ("passivation wait s", lambda pt: _passivation_wait(pt)),
+        ("errors", lambda pt: _errors(_path(pt, "targets", "parley"))),
+        ("CPU ms/turn", p("parley", "cpu", "target_ms_per_turn")),
+        ("peak RSS / PSS MiB", lambda pt: _mem(pt)),
+        ("other CPU s", p("parley", "cpu", "other_s")),
+    ]
+
+
+def _recall(point: dict[str, Any]) -> str:
+    recall = _path(point, "targets", "parley", "recall")
+    if not recall:
+        return "-"
+    return f"{recall.get('forgot', 0)} / {recall.get('failed', 0)} / {recall.get('checked', 0)}"
+
+
+def _passivation_wait(point: dict[str, Any]) -> str:
+    """Each repeat's wait for passivation, and whether it ended with none of them live."""
+    waits = [run.get("passivation") or {} for run in _path(point, "runs", "parley") or []]
+    marks = {True: "", False: " (not all)", None: " (unknown)"}
+    return ", ".join(f"{_fmt(w.get('waited_s'))}{marks[w.get('passivated')]}" for w in waits) or "-"
 
 
 def _actors_per_node(point: dict[str, Any]) -> str:
@@ -153,16 +193,24 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     targets = setup["targets"]
     points = result.get("points") or []
-    for mode, latency in dict.fromkeys((p["mode"], p.get("latency_s")) for p in points):
-        mode_points = [p for p in points if p["mode"] == mode and p.get("latency_s") == latency]
+    for mode, latency, surface in dict.fromkeys(
+        (p["mode"], p.get("latency_s"), p.get("surface")) for p in points
+    ):
+        mode_points = [
+            p
+            for p in points
+            if p["mode"] == mode and p.get("latency_s") == latency and p.get("surface") == surface
+        ]
         key = _level_key(mode_points[0])
         cols = _columns(scenario, mode, targets)
         kind = "SSE" if mode == "stream" else "streaming: false"
-        heading = f"first turns of new conversations ({kind})" if scenario == "memory" else f"{mode} ({kind})"
+        heading = HEADINGS.get(scenario, "{mode}").format(mode=mode) + f" ({kind})"
         if latency is not None:
             heading += (
                 f", provider latency {latency:g} s, {mode_points[0].get('conversations')} conversations"
             )
+        if surface is not None:
+            heading += f", {SURFACE_NAMES.get(surface, surface)}"
         lines.append(f"## {heading}")
         lines.append("")
         lines.append("| " + " | ".join([key.replace("_", " "), *(c for c, _ in cols)]) + " |")
@@ -181,6 +229,10 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     if scenario == "memory" and result.get("memory"):
         lines += _memory_md(result["memory"])
+    if scenario == "reactivation" and result.get("reactivation"):
+        lines += _reactivation_md(result["reactivation"], result["config"])
+    if scenario == "idle" and result.get("idle"):
+        lines += _idle_md(result["idle"])
     if scenario == "cluster" and result.get("cluster"):
         lines += _cluster_md(result["cluster"], points)
     lines += [
@@ -203,17 +255,31 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HEADINGS = {
+    "memory": "first turns of new conversations",
+    "fresh": "new conversations, creation included, then sequential turns",
+    "reactivation": "the first turn after passivation, then the next one",
+    "idle": "creating the conversations, one turn each",
+}
+SURFACE_NAMES = {
+    "letta": "Letta surface (/v1/conversations)",
+    "openai": "OpenAI surface (/openai/v1/responses)",
+}
+
+
 def _memory_md(memory: dict[str, Any]) -> list[str]:
     lines = [
         f"## Memory of the server's process tree (idle passivation after {memory['idle_seconds']:.0f} s)",
         "",
-        "| point | live conversations | actor processes | tree processes | RSS MiB | PSS MiB | USS MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| point | conversations sent to | live activations | ray::ConversationActor processes "
+        "| tree processes | RSS MiB | PSS MiB | USS MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in memory["samples"]:
         tree = s["tree_mib"]
         lines.append(
-            f"| {s['label']} | {s['live_conversations']} | {s['actor_processes']} | {s['tree_processes']} | "
+            f"| {s['label']} | {s['live_conversations']} | {_fmt(s.get('live_activations'))} | "
+            f"{s['actor_processes']} | {s['tree_processes']} | "
             f"{_fmt(tree['rss_mib'], 0)} | {_fmt(tree['pss_mib'], 0)} | {_fmt(tree['uss_mib'], 0)} |"
         )
     per = memory.get("per_conversation_mib") or {}
@@ -227,7 +293,8 @@ def _memory_md(memory: dict[str, Any]) -> list[str]:
         actor = per.get("actor_process")
         if actor:
             lines.append(
-                f"One conversation actor process: RSS {_fmt(actor['rss_mib'])}, PSS {_fmt(actor['pss_mib'])}, "
+                f"One ray::ConversationActor process (a conversation's own actor, or a host of many): "
+                f"RSS {_fmt(actor['rss_mib'])}, PSS {_fmt(actor['pss_mib'])}, "
                 f"USS {_fmt(actor['uss_mib'])} MiB."
             )
     back = memory.get("returned_after_passivation_mib")
@@ -237,6 +304,47 @@ def _memory_md(memory: dict[str, Any]) -> list[str]:
             f"PSS {_fmt(back['pss_mib'])} MiB, RSS {_fmt(back['rss_mib'])} MiB."
         )
     lines.append("")
+    return lines
+
+
+def _reactivation_md(reactivation: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    added = ", ".join(
+        f"{_fmt(ms)} ms at concurrency {c}" for c, ms in (reactivation.get("added_p50_ms") or {}).items()
+    )
+    return [
+        f"{reactivation['told']} of {reactivation['conversations']} conversations were told a word; "
+        f"idle window {reactivation['idle_seconds']:g} s. **p50 added by reactivation** (first turn "
+        f"after passivation minus the turn right after it): {added or '-'}. The first turn asks for "
+        "the word: forgot counts replies without it, failed turns with no reply.",
+        "",
+    ]
+
+
+def _idle_md(idle: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## The server left alone: {idle['window_s']:g} s measured after {idle['settle_s']:g} s of nothing",
+        "",
+        "| server | idle cores | CPU s | live activations | ray::ConversationActor processes "
+        "| tree processes | PSS MiB | RSS MiB | other CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"empty": "never had a conversation", "loaded": f"after {idle['created']} conversations"}
+    for s in idle["samples"]:
+        live, tree = s["live_end"], s["tree_mib"]
+        lines.append(
+            f"| {names.get(s['label'], s['label'])} | {s['cores']:.3f} | {_fmt(s['cpu_s'], 2)} | "
+            f"{_fmt(live.get('activations'))} | {_fmt(live.get('host_processes'))} | {s['tree_processes']} | "
+            f"{_fmt(tree['pss_mib'], 0)} | {_fmt(tree['rss_mib'], 0)} | {_fmt(s['other_s'])} |"
+        )
+    added = idle.get("added") or {}
+    lines += [
+        "",
+        f"Added by the conversations: {added.get('cores', 0):.3f} cores, PSS {_fmt(added.get('pss_mib'))} MiB, "
+        f"{added.get('tree_processes')} processes. Live activations are counted just after the window "
+        "(- : the server has no activations route). A new server first got "
+        f"{_fmt(idle.get('quiet_wait_s'))} s to go quiet.",
+        "",
+    ]
     return lines
 
 
@@ -300,7 +408,8 @@ def _cluster_md(cluster: dict[str, Any], points: list[dict[str, Any]]) -> list[s
     lines += [
         "",
         "Worker processes are counted by process title (`ray::<actor class>`); `ConversationActor`",
-        "includes the warm pool's unclaimed spares, `IDLE` are pre-started workers without an actor.",
+        "are the conversation hosts (on a server from before hosts: one per live conversation, plus",
+        "the warm pool's unclaimed spares), `IDLE` are pre-started workers without an actor.",
         "",
     ]
     return lines

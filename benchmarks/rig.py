@@ -31,9 +31,11 @@ import httpx
 import psutil
 
 from parley.processes import (
+    Activations,
     FakeLLMProcess,
     RedisProcess,
     ServerProcess,
+    fetch_activations,
     start_fake_llm,
     start_redis,
     start_server,
@@ -318,6 +320,18 @@ class Rig:
         for node in self.cluster.nodes:
             parts[node.name] = node.processes
         return parts
+
+    def activations(self) -> Activations | None:
+        """The server's live conversations from its diagnostic route (``--url`` servers too); None
+        when it has none (404, a server from before the route) or there is no server."""
+        if not self.has_server:
+            return None
+        return fetch_activations(self.url, self.env.get("PARLEY_API_KEY") or None)
+
+    def conversation_host_processes(self) -> int | None:
+        """``ray::ConversationActor`` processes of a started server (None for ``--url``): one per
+        live conversation before conversation hosts, the few hosts themselves since."""
+        return len(self.server.conversation_actor_processes()) if self.server else None
 
     def fake_tree(self) -> list[psutil.Process]:
         return process_tree(self.fake.process if self.fake else None)()

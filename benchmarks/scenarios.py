@@ -18,14 +18,21 @@ from typing import Any
 
 import httpx
 
+from parley.processes import ACTIVATIONS_PATH, Activations
+
 from .load import (
     Clients,
     DirectTarget,
     LettaTarget,
+    OpenAITarget,
     PhaseOutcome,
     Target,
     TurnResult,
+    delete_path,
     make_client,
+    new_word,
+    recall_text,
+    remember_text,
     send_turn,
     sequential_turns,
     turn_text,
@@ -105,10 +112,16 @@ class Context:
     clients: dict[str, Clients] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)  # parley conversations, deleted at the end
+    activations_route: bool | None = None  # the server has GET /v1/_parley/activations (None: not asked)
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
         self.progress.note(f"warning: {text}")
+
+    def warn_once(self, text: str) -> None:
+        """``warn``, unless the same text was warned already (for checks made in a loop)."""
+        if text not in self.warnings:
+            self.warn(text)
 
     def out_of_time(self) -> bool:
         return time.monotonic() > self.deadline
@@ -177,7 +190,7 @@ class Context:
         async def delete(slot: int, cid: str) -> None:
             async with gate:
                 try:
-                    await clients.get(slot).delete(f"/v1/conversations/{cid}")
+                    await clients.get(slot).delete(delete_path(cid))
                 except httpx.HTTPError:
                     pass
 
@@ -230,6 +243,65 @@ class Context:
 
     async def settle(self, max_seconds: float) -> float:
         return await asyncio.to_thread(self.rig.settle, max_seconds)
+
+    async def activations(self) -> Activations | None:
+        """The server's live conversations (``GET /v1/_parley/activations``), or None when it has no
+        such route (a server from before it: 404, asked once) or the request failed (warned)."""
+        if self.activations_route is False:
+            return None
+        try:
+            found = await asyncio.to_thread(self.rig.activations)
+        except (httpx.HTTPError, ValueError) as exc:
+            self.warn_once(f"GET {ACTIVATIONS_PATH} failed ({type(exc).__name__}): live counts unknown there")
+            return None
+        if found is None:
+            self.progress.note(
+                f"the server has no {ACTIVATIONS_PATH} (404): counting ray::ConversationActor processes instead"
+            )
+        self.activations_route = found is not None
+        return found
+
+    async def live(self, ids: Iterable[str] = ()) -> dict[str, Any]:
+        """How many conversations are live now. ``activations`` (all of the server's), ``of_ours``
+        (among ``ids``) and ``hosts`` come from the activations route (None without it: then
+        only ``host_processes`` says anything); ``host_processes`` counts ``ray::ConversationActor``
+        processes (None for ``--url``): one per live conversation before conversation hosts, the
+        few long-lived hosts since."""
+        found = await self.activations()
+        wanted = list(ids)
+        return {
+            "source": "endpoint" if found is not None else "processes",
+            "activations": found.live if found is not None else None,
+            "of_ours": found.live_among(wanted) if found is not None and wanted else None,
+            "hosts": found.summary() if found is not None else None,
+            "host_processes": self.rig.conversation_host_processes(),
+        }
+
+    async def wait_passivated(
+        self, ids: list[str], baseline_processes: int | None, idle_seconds: float, extra: float
+    ) -> dict[str, Any]:
+        """Wait until none of ``ids`` is live, at most ``idle_seconds + extra``. Live means listed by
+        the activations route; without it, ``ray::ConversationActor`` processes above
+        ``baseline_processes`` (their count with no conversation live: a warm pool's spares stay);
+        with neither (``--url`` to a server from before the route), the idle window plus 2 s is
+        waited and ``passivated`` is None (unknown)."""
+        began = time.monotonic()
+        limit = idle_seconds + extra
+        while True:
+            live = await self.live(ids)
+            waited = time.monotonic() - began
+            if live["source"] == "endpoint":
+                passivated: bool | None = live["of_ours"] in (0, None)
+            elif live["host_processes"] is not None and baseline_processes is not None:
+                passivated = live["host_processes"] <= baseline_processes
+            else:
+                passivated = None
+                if waited >= idle_seconds + 2:
+                    break
+            if passivated or waited >= limit:
+                break
+            await asyncio.sleep(0.5)
+        return {"waited_s": time.monotonic() - began, "limit_s": limit, "passivated": passivated, **live}
 
     async def probe_provider(self) -> None:
         """The fake provider's own time for one turn of this shape in each mode (sequential,
@@ -446,33 +518,63 @@ async def scale(ctx: Context) -> dict[str, Any]:
 
 # --- 3. churn: new conversations, one or two turns each ------------------------------------------
 async def churn(ctx: Context) -> dict[str, Any]:
+    """Workers creating conversations and sending each one or two turns. With ``--recall-check``
+    (the default) the first turn tells each conversation a word, and after the phase, outside the
+    measured window and before the phase's conversations are deleted, every Parley conversation
+    that was told one is asked for it back (the baselines keep no history: they only send the same
+    first turn)."""
     a = ctx.args
     targets = a.targets
     per_level = a.conversations * (a.turns_each + 1)
-    ctx.progress.add(per_level * len(a.concurrency) * len(targets) * a.repeats)
+    recall = a.conversations if a.recall_check else 0
+    ctx.progress.add((per_level * len(targets) + recall) * len(a.concurrency) * a.repeats)
     points = []
     for c in a.concurrency:
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         for repeat in range(a.repeats):
             for t in targets:
                 created: list[str] = []
+                clients, tgt = ctx.clients[t], ctx.targets[t]
 
-                def body(on_turn, t=t, c=c, created=created):
-                    return _churn_phase(ctx, t, c, created, on_turn)
+                def body(on_turn, clients=clients, tgt=tgt, c=c, created=created):
+                    return new_conversation_phase(
+                        ctx,
+                        tgt,
+                        clients,
+                        conversations=a.conversations,
+                        concurrency=c,
+                        turns_each=a.turns_each,
+                        stream=a.mode == "stream",
+                        on_turn=on_turn,
+                        created=created,
+                        remember=a.recall_check,
+                    )
+
+                outcomes: list[PhaseOutcome] = []
+
+                def finish(record: dict[str, Any], outcome: PhaseOutcome, outcomes=outcomes) -> None:
+                    _churn_fields(record, outcome)
+                    outcomes.append(outcome)
 
                 record = await ctx.measured(
-                    t, a.mode, {"concurrency": c}, repeat, a.conversations * a.turns_each, body, _churn_fields
+                    t, a.mode, {"concurrency": c}, repeat, a.conversations * a.turns_each, body, finish
                 )
                 if record is None:
                     continue
                 runs[t].append(record)
                 if t == "parley":  # untimed: stop this repeat's actors before the next phase
+                    outcome = outcomes[0]
+                    assert isinstance(outcome, ChurnOutcome)
+                    if a.recall_check:
+                        record["recall"] = await recall_check(ctx, tgt, clients, outcome.told, c)
                     ctx.progress.phase(f"parley: deleting {len(created)} conversation(s)")
                     await ctx.delete_conversations(created)
                     await ctx.settle(a.settle_between)
         point = make_point({"concurrency": c}, a.mode, runs)
         for name, summary in point["targets"].items():
             summary["conversations_per_s"] = median([r["conversations_per_s"] for r in runs[name]])
+            if any("recall" in r for r in runs[name]):
+                summary["recall"] = summed_counts([r["recall"] for r in runs[name] if "recall" in r])
         parley = (point["targets"].get("parley") or {}).get("conversations_per_s")
         point["ratio"]["conversations_vs_direct"] = ratio(
             parley, (point["targets"].get("direct") or {}).get("conversations_per_s")
@@ -491,17 +593,31 @@ class ChurnOutcome(PhaseOutcome):
     first_turns: list[TurnResult] = field(default_factory=list)
     later_turns: list[TurnResult] = field(default_factory=list)
     conversations_done: int = 0  # created and every turn answered
+    told: list[tuple[str, str]] = field(default_factory=list)  # (conversation, word) whose telling was OK
 
 
-async def _churn_phase(
-    ctx: Context, target: str, concurrency: int, created: list[str], on_turn: Callable[[TurnResult], None]
-) -> PhaseOutcome:
+async def new_conversation_phase(
+    ctx: Context,
+    tgt: Target,
+    clients: Clients,
+    *,
+    conversations: int,
+    concurrency: int,
+    turns_each: int,
+    stream: bool,
+    on_turn: Callable[[TurnResult], None],
+    created: list[str] | None = None,
+    remember: bool = False,
+) -> ChurnOutcome:
+    """``concurrency`` workers, each looping until ``conversations`` were started: create one (inside
+    the measured window: a user's first turn waits for it too), then send its ``turns_each``
+    sequential turns. With ``remember`` the first turn tells it a new word (``outcome.told``), so
+    that ``recall_check`` can ask for it later. A failed creation is a ``create_*`` error.
+    ``created`` (and ``ctx.created``, deleted at the end) collect Parley's new ids."""
     a = ctx.args
-    clients, tgt = ctx.clients[target], ctx.targets[target]
     outcome = ChurnOutcome()
     deadline = time.monotonic() + a.max_seconds
-    next_index = iter(range(a.conversations))
-    stream = a.mode == "stream"
+    next_index = iter(range(conversations))
 
     async def worker(slot: int) -> None:
         client = clients.get(slot)
@@ -523,17 +639,20 @@ async def _churn_phase(
                 continue
             outcome.create_times.append(time.perf_counter() - began)
             outcome.created_ok += 1
-            if target == "parley":
+            if created is not None:
                 created.append(cid)
                 ctx.created.append(cid)
             on_turn(TurnResult(True, 0.0))
             all_ok = True
-            for i in range(1, a.turns_each + 1):
-                text, expected = turn_text(i, a.reply_words)
+            for i in range(1, turns_each + 1):
+                word = new_word() if remember and i == 1 else None
+                text, expected = remember_text(word) if word else turn_text(i, a.reply_words)
                 result = await send_turn(client, tgt, cid, text, expected, stream)
                 outcome.results.append(result)
                 (outcome.first_turns if i == 1 else outcome.later_turns).append(result)
                 on_turn(result)
+                if word and result.ok:
+                    outcome.told.append((cid, word))
                 if not result.ok:
                     all_ok = False
                     break
@@ -544,6 +663,61 @@ async def _churn_phase(
     await asyncio.gather(*(worker(slot) for slot in range(concurrency)))
     outcome.wall = time.perf_counter() - began
     return outcome
+
+
+async def recall_check(
+    ctx: Context, tgt: Target, clients: Clients, told: list[tuple[str, str]], parallel: int
+) -> dict[str, Any]:
+    """Ask every conversation in ``told`` for its word, ``parallel`` at a time, unmeasured: a
+    conversation that passivated meanwhile is reactivated from the store, and must still know it.
+    ``forgot``: answered without the word; ``failed``: no answer (the kinds in ``errors``)."""
+    ctx.progress.phase(f"parley: asking {len(told)} conversation(s) for their word")
+    gate = asyncio.Semaphore(max(1, parallel))
+    results: list[TurnResult] = []
+
+    async def one(slot: int, cid: str, word: str) -> None:
+        async with gate:
+            text, expected = recall_text(word)
+            results.append(await send_turn(clients.get(slot), tgt, cid, text, expected, stream=False))
+            ctx.progress.advance()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(slot, cid, word) for slot, (cid, word) in enumerate(told)))
+    check = recall_counts(results)
+    check["wall_s"] = time.perf_counter() - began
+    check["recall_ms"] = distribution(r.latency for r in results if r.ok)
+    if check["forgot"] or check["failed"]:
+        ctx.warn(
+            f"recall: {check['forgot']} of {check['checked']} conversation(s) forgot their word, "
+            f"{check['failed']} did not answer ({check['errors']})"
+        )
+    return check
+
+
+def recall_counts(results: list[TurnResult]) -> dict[str, Any]:
+    """Recall turns by outcome: ``remembered`` (the word came back), ``forgot`` (a reply without it),
+    ``failed`` (no reply: ``errors`` by kind)."""
+    errors = Counter(r.error for r in results if r.error and r.error != "wrong_reply")
+    return {
+        "checked": len(results),
+        "remembered": sum(1 for r in results if r.ok),
+        "forgot": sum(1 for r in results if r.error == "wrong_reply"),
+        "failed": sum(errors.values()),
+        "errors": dict(errors),
+    }
+
+
+COUNTS = ("checked", "remembered", "forgot", "failed")
+
+
+def summed_counts(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Recall checks over repeats: counts summed (``summarize`` would take their medians), the
+    rest (latency) as medians."""
+    merged = _merge(checks) or {}
+    errors: Counter[str] = Counter()
+    for check in checks:
+        errors.update(check.get("errors") or {})
+    return {**merged, **{k: sum(c.get(k, 0) for c in checks) for k in COUNTS}, "errors": dict(errors)}
 
 
 def _churn_fields(record: dict[str, Any], outcome: PhaseOutcome) -> None:
@@ -663,20 +837,25 @@ async def memory(ctx: Context) -> dict[str, Any]:
     half = n // 2
     samples: list[dict[str, Any]] = []
 
-    def sample(label: str, live: int) -> dict[str, Any]:
+    async def sample(label: str, live: int) -> dict[str, Any]:
+        counted = await ctx.live(ids)
         actors = rig.server.conversation_actor_processes() if rig.server else []
         tree = memory_of(rig.server_tree())
         entry = {
             "label": label,
             "live_conversations": live,
+            "live_activations": counted["activations"],  # None: the server has no activations route
+            "hosts": counted["hosts"],
             "actor_processes": len(actors),
             "tree_processes": len(rig.server_tree()),
             "tree_mib": vars(tree),
             "actors_mib": vars(memory_of(actors)) if actors else None,
         }
         samples.append(entry)
+        shown = "?" if counted["activations"] is None else counted["activations"]
         ctx.progress.note(
-            f"memory {label}: {live} live conversation(s), {len(actors)} actor process(es), "
+            f"memory {label}: {live} conversation(s) sent to, {shown} live activation(s), "
+            f"{len(actors)} ray::ConversationActor process(es), "
             f"tree PSS {tree.pss_mib:.0f} MiB, RSS {tree.rss_mib:.0f} MiB"
         )
         return entry
@@ -684,7 +863,7 @@ async def memory(ctx: Context) -> dict[str, Any]:
     ctx.progress.add(n)
     ids = await ctx.new_conversations("parley", n)
     await ctx.settle(a.settle_between)
-    sample("empty", 0)
+    await sample("empty", 0)
     points = []
     for label, batch in (("half", ids[:half]), ("full", ids[half:])):
         if not batch:
@@ -699,25 +878,23 @@ async def memory(ctx: Context) -> dict[str, Any]:
         if record is not None:
             points.append(make_point({"live_conversations": live}, a.mode, {"parley": [record]}))
         await ctx.settle(a.settle_between)
-        sample(label, live)
+        await sample(label, live)
 
-    # Passivation: every actor idles out after PARLEY_CONVERSATION_IDLE_SECONDS.
+    # Passivation: every conversation idles out after PARLEY_CONVERSATION_IDLE_SECONDS. Without
+    # the activations route, ray::ConversationActor processes are counted down to their number
+    # with no conversation live (a warm pool's spares stay).
     ctx.progress.phase(f"waiting for passivation (idle {a.idle_seconds:.0f} s)")
-    # Actor processes that belong to no conversation yet (a warm pool's spares) stay.
-    baseline = samples[0]["actor_processes"]
-    began = time.monotonic()
-    limit = a.idle_seconds + a.passivation_timeout
-    while time.monotonic() - began < limit:
-        if rig.server and len(rig.server.conversation_actor_processes()) <= baseline:
-            break
-        await asyncio.sleep(1.0)
-    waited = time.monotonic() - began
+    wait = await ctx.wait_passivated(
+        ids, samples[0]["actor_processes"], a.idle_seconds, a.passivation_timeout
+    )
+    waited = wait["waited_s"]
     await ctx.settle(a.settle_between)
-    after = sample("passivated", 0)
-    if after["actor_processes"] > baseline:
+    after = await sample("passivated", 0)
+    if wait["passivated"] is False:
         ctx.warn(
-            f"memory: {after['actor_processes']} actor process(es) alive after {waited:.0f} s "
-            f"(with no live conversation: {baseline})"
+            f"memory: after {waited:.0f} s, {wait['of_ours'] if wait['of_ours'] is not None else '?'} "
+            f"conversation(s) still live, {after['actor_processes']} ray::ConversationActor process(es) "
+            f"(with no live conversation: {samples[0]['actor_processes']})"
         )
 
     by_label = {s["label"]: s for s in samples}
@@ -739,6 +916,7 @@ async def memory(ctx: Context) -> dict[str, Any]:
             "samples": samples,
             "per_conversation_mib": per_conversation,
             "passivation_wait_s": waited,
+            "passivation": wait,
             "returned_after_passivation_mib": {
                 k: by_label["full"]["tree_mib"][k] - after["tree_mib"][k]
                 for k in ("rss_mib", "pss_mib", "uss_mib")
@@ -937,6 +1115,327 @@ def _placement_line(placement: dict[str, dict[str, int]]) -> str:
     return f"conversation actor processes per node: {counts}"
 
 
+# --- 7. fresh: N new conversations at once, each sending sequential turns -----------------------
+SURFACES = ("letta", "openai")
+
+
+async def fresh(ctx: Context) -> dict[str, Any]:
+    """For each N: N workers at once, each creating a new conversation (inside the measured window)
+    and sending it ``--turns-each`` sequential JSON turns, on each surface in turn: what a user
+    meets on a conversation's first turns, when nothing of it is live yet. The phase's
+    conversations are deleted afterwards, unmeasured."""
+    a = ctx.args
+    ctx.progress.add(sum(n * (a.turns_each + 1) for n in a.conversations) * len(a.surfaces) * a.repeats)
+    clients = ctx.clients["parley"]
+    targets: dict[str, Target] = {"letta": ctx.targets["parley"], "openai": OpenAITarget(a.model)}
+    await _first_use(ctx, [targets[surface] for surface in a.surfaces], clients)
+    points = []
+    for n in a.conversations:
+        if ctx.out_of_time():
+            ctx.warn(f"time budget spent: skipped conversations={n}")
+            continue
+        runs: dict[str, list[dict[str, Any]]] = {surface: [] for surface in a.surfaces}
+        for repeat in range(a.repeats):
+            for surface in a.surfaces:  # the surfaces take turns within a repeat
+                created: list[str] = []
+
+                def body(on_turn, tgt=targets[surface], n=n, created=created):
+                    return new_conversation_phase(
+                        ctx,
+                        tgt,
+                        clients,
+                        conversations=n,
+                        concurrency=n,
+                        turns_each=a.turns_each,
+                        stream=False,
+                        on_turn=on_turn,
+                        created=created,
+                    )
+
+                level = {"conversations": n, "surface": surface}
+                record = await ctx.measured(
+                    "parley", "json", level, repeat, n * a.turns_each, body, _churn_fields
+                )
+                if record is not None:
+                    runs[surface].append(record)
+                ctx.progress.phase(f"parley: deleting {len(created)} conversation(s)")
+                await ctx.delete_conversations(created)
+                await ctx.settle(a.settle_between)
+        for surface in a.surfaces:
+            points.append(
+                make_point({"conversations": n, "surface": surface}, "json", {"parley": runs[surface]})
+            )
+    return {"points": points}
+
+
+async def _first_use(ctx: Context, targets: list[Target], clients: Clients) -> None:
+    """One throwaway conversation per surface, unmeasured: a new server's very first request on a
+    path costs far more than any later one (imports, connections, caches), which would otherwise
+    land on the first measured phase alone."""
+    ctx.progress.phase("parley: one unmeasured conversation per surface")
+    created: list[str] = []
+    for tgt in targets:
+        outcome = await new_conversation_phase(
+            ctx,
+            tgt,
+            clients,
+            conversations=1,
+            concurrency=1,
+            turns_each=1,
+            stream=False,
+            on_turn=lambda _: None,
+            created=created,
+        )
+        if outcome.errors():
+            ctx.warn(f"the unmeasured first conversation failed: {outcome.errors()}")
+    await ctx.delete_conversations(created)
+    await ctx.settle(ctx.args.settle_between)
+
+
+# --- 8. reactivation: the first turn after passivation against the next one --------------------
+@dataclass
+class ReactivationOutcome(PhaseOutcome):
+    cold: list[TurnResult] = field(default_factory=list)  # the first turn after passivation
+    warm: list[TurnResult] = field(default_factory=list)  # the turn right after it
+
+
+async def reactivation(ctx: Context) -> dict[str, Any]:
+    """M conversations are told a word each (one turn), then for every ``--concurrency`` level and
+    repeat: wait until none of them is live (the server's idle window is short), then each gets
+    the recall question (its reactivation: the history must come back from the store, or the
+    fake cannot answer with the word) and right after an echo turn, now live. The difference of
+    the two turns' latencies is what reactivation adds."""
+    a = ctx.args
+    n = a.conversations
+    clients, tgt = ctx.clients["parley"], ctx.targets["parley"]
+    baseline = (await ctx.live())["host_processes"]  # with no conversation live (spares of a warm pool)
+    ctx.progress.add(n + 2 * n * len(a.concurrency) * a.repeats)
+    ids = await ctx.new_conversations("parley", n)
+    told = await _tell(ctx, tgt, clients, ids, max(a.concurrency))
+    points = []
+    for c in a.concurrency:
+        runs: list[dict[str, Any]] = []
+        for repeat in range(a.repeats):
+            if ctx.out_of_time():
+                ctx.warn(f"time budget spent: skipped concurrency={c} repeat {repeat + 1}")
+                continue
+            ctx.progress.phase(
+                f"waiting for {len(told)} conversation(s) to passivate (idle {a.idle_seconds:g} s)"
+            )
+            wait = await ctx.wait_passivated(
+                [cid for cid, _ in told], baseline, a.idle_seconds, a.passivation_timeout
+            )
+            if wait["passivated"] is False:
+                ctx.warn(
+                    f"reactivation concurrency={c} #{repeat + 1}: not all passivated after {wait['waited_s']:.0f} s "
+                    f"({wait['of_ours']} live; {wait['host_processes']} ray::ConversationActor processes): "
+                    "some first turns are not reactivations"
+                )
+
+            def body(on_turn, c=c):
+                return _cold_then_warm(clients, tgt, told, c, a.max_seconds, on_turn)
+
+            record = await ctx.measured(
+                "parley", "json", {"concurrency": c}, repeat, 2 * len(told), body, _reactivation_fields
+            )
+            if record is not None:
+                record["passivation"] = wait
+                runs.append(record)
+        point = make_point({"concurrency": c}, "json", {"parley": runs})
+        summary = point["targets"].get("parley")
+        if summary is not None:
+            summary["recall"] = summed_counts([r["recall"] for r in runs])
+            summary["added_p50_ms"] = _added_p50(summary)
+        points.append(point)
+    return {
+        "points": points,
+        "reactivation": {
+            "conversations": n,
+            "told": len(told),
+            "idle_seconds": a.idle_seconds,
+            "baseline_host_processes": baseline,
+            "added_p50_ms": {str(p["concurrency"]): _parley_field(p, "added_p50_ms") for p in points},
+        },
+    }
+
+
+def _parley_field(point: dict[str, Any], key: str) -> Any:
+    return (point["targets"].get("parley") or {}).get(key)
+
+
+async def _tell(
+    ctx: Context, tgt: Target, clients: Clients, ids: list[str], parallel: int
+) -> list[tuple[str, str]]:
+    """One turn per conversation telling it a new word, unmeasured; the (conversation, word) pairs
+    that were answered (the rest are warned about and left out)."""
+    ctx.progress.phase(f"parley: telling {len(ids)} conversation(s) a word each")
+    gate = asyncio.Semaphore(max(1, parallel))
+    told: list[tuple[str, str]] = []
+    failures: Counter[str] = Counter()
+
+    async def one(slot: int, cid: str) -> None:
+        async with gate:
+            word = new_word()
+            text, expected = remember_text(word)
+            result = await send_turn(clients.get(slot), tgt, cid, text, expected, stream=False)
+            ctx.progress.advance()
+            if result.ok:
+                told.append((cid, word))
+            else:
+                failures[result.error or "?"] += 1
+
+    await asyncio.gather(*(one(slot, cid) for slot, cid in enumerate(ids)))
+    if failures:
+        ctx.warn(f"telling the words failed: {dict(failures)}; those conversations are left out")
+    return told
+
+
+async def _cold_then_warm(
+    clients: Clients,
+    target: Target,
+    told: list[tuple[str, str]],
+    parallel: int,
+    max_seconds: float,
+    on_turn: Callable[[TurnResult], None],
+) -> ReactivationOutcome:
+    """``parallel`` workers take the conversations in turn: the recall question to a passivated
+    one (checked: the reply must carry its word), then at once an echo turn to it. A cold turn
+    with no reply at all gets no warm turn (the conversation may not be live)."""
+    outcome = ReactivationOutcome()
+    deadline = time.monotonic() + max_seconds
+    queue = iter(told)
+
+    async def worker(slot: int) -> None:
+        client = clients.get(slot)
+        for cid, word in queue:
+            if time.monotonic() > deadline:
+                outcome.stopped_by = "time"
+                return
+            text, expected = recall_text(word)
+            cold = await send_turn(client, target, cid, text, expected, stream=False)
+            outcome.cold.append(cold)
+            outcome.results.append(cold)
+            on_turn(cold)
+            if not (cold.ok or cold.error == "wrong_reply"):
+                continue
+            text, expected = turn_text(1)
+            warm = await send_turn(client, target, cid, text, expected, stream=False)
+            outcome.warm.append(warm)
+            outcome.results.append(warm)
+            on_turn(warm)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(slot) for slot in range(parallel)))
+    outcome.wall = time.perf_counter() - began
+    return outcome
+
+
+def _reactivation_fields(record: dict[str, Any], outcome: PhaseOutcome) -> None:
+    assert isinstance(outcome, ReactivationOutcome)
+    record["cold_turn_ms"] = distribution(r.latency for r in outcome.cold if r.ok)
+    record["warm_turn_ms"] = distribution(r.latency for r in outcome.warm if r.ok)
+    record["added_p50_ms"] = _added_p50(record)
+    record["recall"] = recall_counts(outcome.cold)
+
+
+def _added_p50(record: dict[str, Any]) -> float | None:
+    """p50 of the first turn after passivation minus p50 of the turn right after it."""
+    cold, warm = record.get("cold_turn_ms"), record.get("warm_turn_ms")
+    if not cold or not warm:
+        return None
+    return cold["p50"] - warm["p50"]
+
+
+# --- 9. idle: the server's own CPU when nobody sends, empty and with many conversations ----------
+IDLE_QUIET_S = 30.0  # at most this long for a new server to finish starting up (Serve reconciles)
+
+
+async def idle(ctx: Context) -> dict[str, Any]:
+    """The server tree's CPU while nobody sends, first with no conversation ever (after the server
+    went quiet), then after ``--conversations`` were created with one turn each (``--concurrency``
+    at once, measured as a point): each window of ``--window`` seconds starts ``--settle``
+    seconds after the last request. Between the two lies what live (and passivating)
+    conversations cost when idle."""
+    a = ctx.args
+    n = a.conversations
+    ctx.progress.add(2 * n)
+    ctx.progress.phase("waiting for the new server to go quiet")
+    quiet = await ctx.settle(IDLE_QUIET_S)
+    empty = await _idle_window(ctx, "empty", [])
+    clients, tgt = ctx.clients["parley"], ctx.targets["parley"]
+    created: list[str] = []
+
+    def body(on_turn):
+        return new_conversation_phase(
+            ctx,
+            tgt,
+            clients,
+            conversations=n,
+            concurrency=a.concurrency,
+            turns_each=1,
+            stream=False,
+            on_turn=on_turn,
+            created=created,
+        )
+
+    level = {"conversations": n}
+    record = await ctx.measured("parley", "json", level, 0, n, body, _churn_fields)
+    points = [make_point(level, "json", {"parley": [record]})] if record else []
+    loaded = await _idle_window(ctx, "loaded", created)
+    return {
+        "points": points,
+        "idle": {
+            "conversations": n,
+            "created": len(created),
+            "concurrency": a.concurrency,
+            "window_s": a.window,
+            "settle_s": a.settle,
+            "quiet_wait_s": quiet,
+            "samples": [empty, loaded],
+            "added": {
+                "cores": loaded["cores"] - empty["cores"],
+                "pss_mib": loaded["tree_mib"]["pss_mib"] - empty["tree_mib"]["pss_mib"],
+                "tree_processes": loaded["tree_processes"] - empty["tree_processes"],
+            },
+        },
+    }
+
+
+async def _idle_window(ctx: Context, label: str, ids: list[str]) -> dict[str, Any]:
+    """``--settle`` seconds of nothing, then the server tree's CPU over ``--window`` seconds of
+    nothing; live counts just before and just after the window (asking is a request too)."""
+    a = ctx.args
+    ctx.progress.phase(f"idle {label}: {a.settle:g} s alone, then {a.window:g} s measured")
+    await asyncio.sleep(a.settle)
+    before = await ctx.live(ids)
+    with Meter(ctx.rig, "parley", a.sample_interval) as meter:
+        await asyncio.sleep(a.window)
+    after = await ctx.live(ids)
+    cpu = meter.report(0, "parley")["cpu"]
+    tree = ctx.rig.server_tree()
+    memory = memory_of(tree)
+    entry = {
+        "label": label,
+        "window_s": meter.wall,
+        "cpu_s": cpu["target_s"],
+        "cores": (cpu["target_s"] or 0.0) / meter.wall,
+        "live_start": before,
+        "live_end": after,
+        "tree_processes": len(tree),
+        "tree_mib": vars(memory),
+        "memory_peak_mib": meter.report(0, "parley")["memory_peak_mib"],
+        "machine_busy_s": cpu["machine_busy_s"],
+        "other_s": cpu["other_s"],
+    }
+    live = "?" if after["activations"] is None else after["activations"]
+    ctx.progress.note(
+        f"idle {label}: {entry['cores']:.3f} cores, {live} live activation(s), "
+        f"{after['host_processes']} ray::ConversationActor process(es), {len(tree)} processes, "
+        f"PSS {memory.pss_mib:.0f} MiB"
+    )
+    return entry
+
+
 SCENARIOS = {
     "overhead": overhead,
     "scale": scale,
@@ -944,4 +1443,7 @@ SCENARIOS = {
     "contention": contention,
     "memory": memory,
     "cluster": cluster,
+    "fresh": fresh,
+    "reactivation": reactivation,
+    "idle": idle,
 }

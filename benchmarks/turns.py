@@ -123,6 +123,14 @@ def run(
         idle.start()
         time.sleep(idle_seconds)
         result["idle_server_cpu_cores"] = idle.seconds() / idle_seconds
+        # Live conversations from the server's activations route (None: a server from before it);
+        # ray::ConversationActor processes were one per live conversation, and are now a few
+        # hosts of many, so the memory below is per process, not per conversation.
+        try:
+            activations = server.activations()
+        except (httpx.HTTPError, ValueError):
+            activations = None
+        result["live_activations"] = activations.live if activations is not None else None
         actors = server.conversation_actor_processes()
         if actors:
             total = memory_of(actors)

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -67,12 +68,83 @@ def start_fake_llm(*args: str) -> FakeLLMProcess:
     return FakeLLMProcess(match.group(1), proc)
 
 
+# --- which conversations are live: the server's diagnostic route -----------------------------------
+ACTIVATIONS_PATH = "/v1/_parley/activations"
+
+
+def conversation_key(conversation_id: str) -> str:
+    """The uuid inside a conversation id, as 32 lowercase hex digits, however a surface spells it
+    (Letta's ``conv-<uuid>``, OpenAI's ``conv_<32 hex><16 zeros>``), so that ids from either
+    surface can be matched against what the activations route lists. Anything else as it is."""
+    prefix, rest = conversation_id[:5], conversation_id[5:]
+    if prefix == "conv-":
+        return rest.replace("-", "").lower()
+    if prefix == "conv_" and len(rest) == 48:
+        return rest[:32].lower()
+    return conversation_id
+
+
+@dataclass
+class Activations:
+    """What ``GET /v1/_parley/activations`` answers: the long-lived conversation host processes
+    (``name``, ``node_id``, ``pid``, ``live``, ``capacity``) and every conversation bound to one of
+    them now (``conversation_id``, ``host``, ``node_id``, ``busy``, ``idle_seconds``).
+
+    One host serves many conversations, so counting ``ray::ConversationActor`` processes no longer
+    says how many conversations are live: this does."""
+
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    activations: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, body: Any) -> Activations:
+        if not isinstance(body, dict):
+            raise ValueError(f"not an activations object: {body!r:.200}")
+        hosts, activations = body.get("hosts") or [], body.get("activations") or []
+        if not isinstance(hosts, list) or not isinstance(activations, list):
+            raise ValueError(f"not an activations object: {body!r:.200}")
+        return cls(hosts=hosts, activations=activations)
+
+    @property
+    def live(self) -> int:
+        return len(self.activations)
+
+    def live_among(self, conversation_ids: Iterable[str]) -> int:
+        """How many of ``conversation_ids`` (from either surface; one conversation counts once,
+        however spelled) are live."""
+        live = {conversation_key(str(a.get("conversation_id", ""))) for a in self.activations}
+        return len({conversation_key(cid) for cid in conversation_ids} & live)
+
+    def summary(self) -> dict[str, Any]:
+        """The counts a benchmark records (the full lists can be thousands of entries long)."""
+        return {
+            "live": self.live,
+            "busy": sum(1 for a in self.activations if a.get("busy")),
+            "hosts": len(self.hosts),
+            "capacity": sum(int(h.get("capacity") or 0) for h in self.hosts),
+            "live_per_host": [int(h.get("live") or 0) for h in self.hosts],
+        }
+
+
+def fetch_activations(url: str, api_key: str | None = None, timeout: float = 10.0) -> Activations | None:
+    """The server's live conversations, or None when it has no activations route (404: a server
+    from before the route; callers then fall back to counting ``ray::ConversationActor``
+    processes). Other failures raise (httpx.HTTPError, ValueError)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.get(f"{url.rstrip('/')}{ACTIVATIONS_PATH}", headers=headers, timeout=timeout)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return Activations.from_json(response.json())
+
+
 @dataclass
 class ServerProcess:
     url: str
     process: subprocess.Popen[bytes]
     data_dir: Path
     log_path: Path
+    api_key: str | None = None  # PARLEY_API_KEY it was started with, for its diagnostic route
 
     def tree(self) -> list[psutil.Process]:
         """The server and every process under it: Ray's GCS, raylet, workers, Serve actors."""
@@ -94,7 +166,14 @@ class ServerProcess:
         return found
 
     def conversation_actor_processes(self) -> list[psutil.Process]:
+        """Processes titled ``ray::ConversationActor``: one per live conversation before conversation
+        hosts, a few long-lived hosts of many conversations since. ``activations()`` counts the
+        conversations."""
         return self.processes_named("ray::ConversationActor")
+
+    def activations(self, timeout: float = 10.0) -> Activations | None:
+        """The live conversations (``fetch_activations``): None when the server has no such route."""
+        return fetch_activations(self.url, self.api_key, timeout)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -230,7 +309,9 @@ def start_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", proc, data_dir, log_path)
+    server = ServerProcess(
+        f"http://127.0.0.1:{port}", proc, data_dir, log_path, api_key=full_env.get("PARLEY_API_KEY") or None
+    )
     deadline = time.monotonic() + start_timeout
     while True:
         if proc.poll() is not None:

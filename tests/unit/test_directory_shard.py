@@ -223,5 +223,5 @@ async def test_a_restarted_shard_rebuilds_from_what_the_actors_hold():
 
 
 def test_binding_is_a_plain_value():
-    binding = Binding("conv-1", "a", object(), 7)
+    binding = Binding("conv-1", "a", 7)
     assert binding.token == 7
