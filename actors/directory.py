@@ -134,10 +134,10 @@ class DirectoryShard:
     async def _bind(self, conversation_id: str) -> Binding:
         tried: set[str] = set()
         while True:
-            host = self._pool.choose(tried)
+            host = await self._pool.choose(tried)
             if host is None:
                 self._pool.refresh(force=True)
-                host = self._pool.choose(tried)
+                host = await self._pool.choose(tried)
             if host is None:
                 raise no_capacity(conversation_id)
             token = next(self._tokens)
@@ -218,8 +218,9 @@ class DirectoryShard:
         shards = self._settings.directory_shards
 
         async def held(host) -> list[tuple[str, int]]:
+            # As long as a bind: an actor still starting holds nothing, but it cannot say so yet.
             try:
-                return await asyncio.wait_for(host.handle.held.remote(self._index, shards), PROBE_TIMEOUT)
+                return await asyncio.wait_for(host.handle.held.remote(self._index, shards), BIND_TIMEOUT)
             except RayActorError:
                 self._pool.lost(host.name)
             except TimeoutError:

@@ -10,15 +10,17 @@ refreshing at once start one actor.
 
 A directory shard places a new activation on the actor with the fewest activations that shard
 has placed there (each shard sees its own share of the conversations; hashing spreads them
-evenly), skipping actors that answered "full" or died.
+evenly), skipping actors that answered "full" or died, and actors still starting: an activation
+waits for a process start only when no actor at all is up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -27,6 +29,7 @@ from runtime.settings import Settings
 
 HOST_PREFIX = "conversation-host-"
 REFRESH_SECONDS = 5.0  # the most often a shard re-lists the pool when nothing is wrong
+STARTING_WAIT = 60.0  # how long a placement waits for an actor to come up when none is
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +94,27 @@ class Host:
     handle: ray.actor.ActorHandle
     placed: int = 0  # activations this shard placed here and still owns
     full_until: float = 0.0  # answered "full": skipped until then
+    up: asyncio.Future[bool] | None = field(default=None, repr=False)  # its first answer
+
+    def __post_init__(self) -> None:
+        if self.up is None:
+            self.up = asyncio.ensure_future(_answers(self.handle))
 
     @property
     def node_id(self) -> str:
         return node_of(self.name)
+
+    @property
+    def ready(self) -> bool:
+        assert self.up is not None
+        return self.up.done() and self.up.result()
+
+
+async def _answers(handle: ray.actor.ActorHandle) -> bool:
+    try:
+        return await handle.ping.remote()
+    except Exception:  # never came up, or died: the pool forgets it on its next use
+        return False
 
 
 class HostPool:
@@ -135,11 +155,21 @@ class HostPool:
         self._hosts.pop(name, None)
         self._refreshed = 0.0
 
-    def choose(self, exclude: set[str]) -> Host | None:
+    async def choose(self, exclude: set[str]) -> Host | None:
+        """An actor that is up, not full and not excluded; waits for one that is starting only
+        when none is up."""
         self.refresh()
-        now = time.monotonic()
-        candidates = [h for h in self._hosts.values() if h.name not in exclude and h.full_until <= now]
-        if not candidates:
-            return None
-        fewest = min(h.placed for h in candidates)
-        return random.choice([h for h in candidates if h.placed == fewest])
+        deadline = time.monotonic() + STARTING_WAIT
+        while True:
+            now = time.monotonic()
+            candidates = [h for h in self._hosts.values() if h.name not in exclude and h.full_until <= now]
+            for dead in [h for h in candidates if h.up is not None and h.up.done() and not h.up.result()]:
+                self.lost(dead.name)
+            ready = [h for h in candidates if h.ready]
+            if ready:
+                fewest = min(h.placed for h in ready)
+                return random.choice([h for h in ready if h.placed == fewest])
+            starting = [h.up for h in candidates if h.up is not None and not h.up.done()]
+            if not starting or now >= deadline:
+                return None
+            await asyncio.wait(starting, timeout=deadline - now, return_when=asyncio.FIRST_COMPLETED)

@@ -14,8 +14,8 @@ import sys
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from parley.server import serve_forever
     from runtime.settings import ProviderCredentials, Settings
-    from serve_app.deploy import serve_forever
 
     settings = Settings.from_env(
         host=args.host,

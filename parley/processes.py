@@ -241,7 +241,7 @@ class ServerProcess:
         _remove_haproxy_dir(haproxy_dir)  # a server that failed to start leaves it behind
 
 
-# A server's own directory for HAProxy's files in /tmp (``serve_app.deploy``), set in its environment
+# A server's own directory for HAProxy's files in /tmp (``parley.server``), set in its environment
 # once it runs, so only the processes it starts show it.
 HAPROXY_DIR_VARIABLE = "RAY_SERVE_HAPROXY_SERVER_STATE_BASE"
 

@@ -70,9 +70,16 @@ class FakeActor:
         return list(self.bound.items())
 
 
+def up(actor: FakeActor) -> Host:
+    """A pool entry for an actor that has answered already."""
+    answered = asyncio.get_running_loop().create_future()
+    answered.set_result(True)
+    return Host(actor.name, actor, up=answered)
+
+
 class FakePool:
     def __init__(self, actors: list[FakeActor]) -> None:
-        self.hosts = {a.name: Host(a.name, a) for a in actors}
+        self.hosts = {a.name: up(a) for a in actors}
 
     def known(self) -> list[Host]:
         return list(self.hosts.values())
@@ -86,7 +93,7 @@ class FakePool:
     def lost(self, name: str) -> None:
         self.hosts.pop(name, None)
 
-    def choose(self, exclude: set[str]) -> Host | None:
+    async def choose(self, exclude: set[str]) -> Host | None:
         candidates = [h for h in self.hosts.values() if h.name not in exclude]
         return min(candidates, key=lambda h: (h.placed, h.name)) if candidates else None
 
@@ -181,7 +188,7 @@ async def test_a_silent_actor_is_fenced_before_rebinding(monkeypatch):
     a, b = FakeActor("a"), FakeActor("b")
     shard = shard_with(a)
     first = await shard.resolve("conv-1")
-    shard._pool.hosts["b"] = Host("b", b)  # type: ignore[attr-defined]
+    shard._pool.hosts["b"] = up(b)  # type: ignore[attr-defined]
     a.silent = True
     second = await shard.resolve("conv-1", suspect=first.token)
     assert killed == [a]

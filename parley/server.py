@@ -29,8 +29,7 @@ from actors.provider_actor import start_provider_actors
 from runtime.conversation_runner import close_interrupted_runs
 from runtime.settings import ProviderCredentials, Settings
 from runtime.store import open_store
-
-from .app import ParleyIngress
+from serve_app.app import ParleyIngress
 
 APP_NAME = "parley"
 # Ray rewrites 127.0.0.1 to the machine's network address; any other loopback address is kept,
