@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from parley.processes import free_port
+from parley.processes import Activations, free_port
 
 STARTED = "Ray runtime started."
 NODE_AGENTS = ("DashboardAgent", "RuntimeEnvAgent")  # on every node, not actors of the app
@@ -293,6 +293,17 @@ class RayCluster:
     def node_tree(self, name: str) -> Callable[[], list[psutil.Process]]:
         node = next(n for n in self.nodes if n.name == name)
         return node.processes
+
+    def live_per_node(self, live: Activations) -> dict[str, int]:
+        """Per node, how many conversations are live on its conversation actors (each actor's pid,
+        from the server's activations route, found among the node's processes)."""
+        pids = {name: {p.pid for p in procs} for name, procs in self.trees().items()}
+        node_of_host = {
+            h["name"]: next((name for name, known in pids.items() if h["pid"] in known), "?")
+            for h in live.hosts
+        }
+        counts = Counter(node_of_host.get(a["host"], "?") for a in live.activations)
+        return {name: counts.get(name, 0) for name in pids}
 
     def placement(self) -> dict[str, dict[str, int]]:
         """Per node, how many worker processes run each kind of actor (``ray::ConversationActor``

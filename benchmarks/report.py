@@ -102,6 +102,7 @@ def _columns(scenario: str, mode: str, targets: list[str]) -> list[tuple[str, Ge
     if scenario == "cluster":
         cols += [
             ("CPU x fewest nodes", lambda pt: _ratio(_path(pt, "ratio", "cpu_vs_base_nodes"))),
+            ("conversations live per node", _live_per_node),
             ("conversation actors per node", _actors_per_node),
         ]
     cols += [
@@ -140,6 +141,11 @@ def _passivation_wait(point: dict[str, Any]) -> str:
     waits = [run.get("passivation") or {} for run in _path(point, "runs", "parley") or []]
     marks = {True: "", False: " (not all)", None: " (unknown)"}
     return ", ".join(f"{_fmt(w.get('waited_s'))}{marks[w.get('passivated')]}" for w in waits) or "-"
+
+
+def _live_per_node(point: dict[str, Any]) -> str:
+    live = point.get("live_per_node") or {}
+    return " / ".join(str(n) for n in live.values()) or "-"
 
 
 def _actors_per_node(point: dict[str, Any]) -> str:

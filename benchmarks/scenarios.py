@@ -1010,6 +1010,7 @@ async def cluster(ctx: Context) -> dict[str, Any]:
                 point["ratio"]["vs_ideal"] = ratio(_turns_per_s(point), ideal)
             point["conversations"] = n
             point["placement"] = setup.get("placement")
+            point["live_per_node"] = setup.get("live_per_node")
             points.append(point)
     base_nodes = min((p["nodes"] for p in points), default=None)
     for point in points:
@@ -1063,6 +1064,9 @@ async def _cluster_level(
     used = [1] * n  # turns each Parley conversation has had
     if rig.cluster:
         setup["placement"] = rig.cluster.placement()
+        live = rig.activations()
+        if live is not None:
+            setup["live_per_node"] = rig.cluster.live_per_node(live)
         ctx.progress.note(f"nodes={nodes}: {_placement_line(setup['placement'])}")
     await ctx.settle(a.settle_between)
     runs: dict[tuple[float, str], list[dict[str, Any]]] = {
