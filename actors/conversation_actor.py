@@ -18,6 +18,7 @@ all are busy the bind is refused with ``HostFull`` and the directory tries anoth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -155,59 +156,50 @@ class ConversationActor:
         return activation
 
     # --- the conversation's calls ------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _runner(self, conversation_id: str) -> AsyncIterator[ConversationRunner]:
+        """The conversation's runner, counted as in use for the call (so it cannot passivate
+        meanwhile). Enters without suspending when the activation is active: a send's busy
+        check still comes before the call's first ``await``."""
+        activation = self._serving(conversation_id)
+        try:
+            yield await activation.ready()
+        finally:
+            activation.calls -= 1
+
     @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
     async def send(self, conversation_id: str, request: TurnRequest) -> AsyncIterator[bytes]:
         """The run's events, in batches encoded with ``encode_batch``; ``ConversationBusy`` first
-        if a run holds the conversation (checked before the first ``await`` when it is active)."""
-        activation = self._serving(conversation_id)
-        try:
-            runner = await activation.ready()
+        if a run holds the conversation."""
+        async with self._runner(conversation_id) as runner:
             async for batch in runner.send(request):
                 yield encode_batch(batch)
-        finally:
-            activation.calls -= 1
 
     @ray.method(enable_task_events=False)
     async def follow(self, conversation_id: str, run_id: str | None, after: int = 0) -> AsyncIterator[bytes]:
-        activation = self._serving(conversation_id)
-        try:
-            runner = await activation.ready()
+        async with self._runner(conversation_id) as runner:
             async for batch in runner.follow(run_id, after):
                 yield encode_batch(batch)
-        finally:
-            activation.calls -= 1
 
     @ray.method(enable_task_events=False)
     async def active_run(self, conversation_id: str) -> str | None:
-        activation = self._serving(conversation_id)
-        try:
-            return (await activation.ready()).active_run_id
-        finally:
-            activation.calls -= 1
+        async with self._runner(conversation_id) as runner:
+            return runner.active_run_id
 
     @ray.method(enable_task_events=False)
     async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
-        activation = self._serving(conversation_id)
-        try:
-            return await (await activation.ready()).cancel(run_id)
-        finally:
-            activation.calls -= 1
+        async with self._runner(conversation_id) as runner:
+            return await runner.cancel(run_id)
 
     @ray.method(enable_task_events=False)
     async def add_messages(self, conversation_id: str, messages: list[InputMessage]) -> list[Message]:
-        activation = self._serving(conversation_id)
-        try:
-            return await (await activation.ready()).add_messages(messages)
-        finally:
-            activation.calls -= 1
+        async with self._runner(conversation_id) as runner:
+            return await runner.add_messages(messages)
 
     @ray.method(enable_task_events=False)
     async def remove_part(self, conversation_id: str, message_id: str, part_index: int) -> bool:
-        activation = self._serving(conversation_id)
-        try:
-            return await (await activation.ready()).remove_part(message_id, part_index)
-        finally:
-            activation.calls -= 1
+        async with self._runner(conversation_id) as runner:
+            return await runner.remove_part(message_id, part_index)
 
     @ray.method(enable_task_events=False)
     async def retire(self, conversation_id: str) -> None:

@@ -220,23 +220,15 @@ class ConversationClient:
     async def _stream(
         self, conversation_id: str, start: Callable[[ray.actor.ActorHandle], ray.ObjectRefGenerator]
     ) -> RunStream:
-        suspect: Binding | None = None
-        for attempt in range(ATTEMPTS):
-            binding = await self._resolve(conversation_id, suspect)
+        async def first_batch(host: ray.actor.ActorHandle) -> RunStream:
+            generator = start(host)
             try:
-                generator = start(self._host(binding))
                 first = decode_batch(await (await generator.__anext__()))
             except StopAsyncIteration:
                 return RunStream([])
-            except Exception as exc:
-                if not _unusable(exc) or attempt + 1 == ATTEMPTS:
-                    raise unwrap(exc) from None
-                self._stale(binding, exc)
-                suspect = binding
-                await _backoff(attempt, exc)
-                continue
             return RunStream(first, generator)
-        raise AssertionError("unreachable")
+
+        return await self._call(conversation_id, first_batch)
 
 
 def _unusable(exc: BaseException) -> bool:
