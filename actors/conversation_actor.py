@@ -182,11 +182,6 @@ class ConversationActor:
                 yield encode_batch(batch)
 
     @ray.method(enable_task_events=False)
-    async def active_run(self, conversation_id: str) -> str | None:
-        async with self._runner(conversation_id) as runner:
-            return runner.active_run_id
-
-    @ray.method(enable_task_events=False)
     async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
         async with self._runner(conversation_id) as runner:
             return await runner.cancel(run_id)
