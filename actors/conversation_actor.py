@@ -90,14 +90,14 @@ class ConversationActor:
     async def bind(self, conversation_id: str, token: int) -> None:
         """Activate the conversation here under ``token``, loading it from the store."""
         self._start_reaper()
-        current = self._live.get(conversation_id)
-        if current is not None and current.state is not ActivationState.leaving:
+        current = self._holding(conversation_id)
+        if current is not None:
             current.token = token  # the directory lost track of it (a shard restarted): still ours
             await current.ready()
             return
-        if current is not None:  # leaving and idle: it refuses every call already; replace it
-            del self._live[conversation_id]
-        if self._bound() >= self.capacity:
+        # One that is leaving (and idle) refuses every call already: replace it.
+        self._live.pop(conversation_id, None)
+        if len(self._held()) >= self.capacity:
             victim = self._policy.eviction_victim(self._live.values())
             if victim is None:
                 raise HostFull()
@@ -114,15 +114,12 @@ class ConversationActor:
     @ray.method(enable_task_events=False)
     async def holds(self, conversation_id: str) -> bool:
         """Whether the conversation is (being) activated here, for the directory's checks."""
-        current = self._live.get(conversation_id)
-        return current is not None and current.state is not ActivationState.leaving
+        return self._holding(conversation_id) is not None
 
     async def held(self, shard: int, shards: int) -> list[tuple[str, int]]:
         """(conversation, token) of every activation here that belongs to directory shard ``shard``."""
         return [
-            (a.conversation_id, a.token)
-            for a in self._live.values()
-            if a.state is not ActivationState.leaving and shard_of(a.conversation_id, shards) == shard
+            (a.conversation_id, a.token) for a in self._held() if shard_of(a.conversation_id, shards) == shard
         ]
 
     async def ping(self) -> bool:
@@ -143,13 +140,21 @@ class ConversationActor:
             tool_runner=self._tools,
         )
 
-    def _bound(self) -> int:
-        return sum(1 for a in self._live.values() if a.state is not ActivationState.leaving)
+    def _holding(self, conversation_id: str) -> Activation | None:
+        """The conversation's activation here, unless it is leaving (then it serves nothing)."""
+        activation = self._live.get(conversation_id)
+        if activation is None or activation.state is ActivationState.leaving:
+            return None
+        return activation
+
+    def _held(self) -> list[Activation]:
+        """Every activation here that is not leaving, least recently used first."""
+        return [a for a in self._live.values() if a.state is not ActivationState.leaving]
 
     def _serving(self, conversation_id: str) -> Activation:
         """The conversation's activation, marked in use; raises ``NotHere``. No ``await``."""
-        activation = self._live.get(conversation_id)
-        if activation is None or activation.state is ActivationState.leaving:
+        activation = self._holding(conversation_id)
+        if activation is None:
             raise NotHere(conversation_id)
         self._live.move_to_end(conversation_id)
         activation.calls += 1
@@ -199,27 +204,27 @@ class ConversationActor:
     @ray.method(enable_task_events=False)
     async def retire(self, conversation_id: str) -> None:
         """The conversation was deleted: cancel its runs and drop it now."""
-        activation = self._live.get(conversation_id)
-        if activation is None or activation.state is ActivationState.leaving:
+        activation = self._holding(conversation_id)
+        if activation is None:
             return
         if activation.state is ActivationState.active:
             await activation.runner.cancel()
-        if self._live.get(conversation_id) is activation and activation.state is not ActivationState.leaving:
+        if self._holding(conversation_id) is activation:
             activation.state = ActivationState.leaving
             await self._release(activation)
 
     async def report(self) -> HostReport:
         node_id = node_of(self._name)
+        held = self._held()
         return HostReport(
             self._name,
             node_id,
             os.getpid(),
-            self._bound(),
+            len(held),
             self.capacity,
             [
                 ActivationReport(a.conversation_id, self._name, node_id, not a.idle, a.idle_seconds)
-                for a in self._live.values()
-                if a.state is not ActivationState.leaving
+                for a in held
             ],
         )
 
