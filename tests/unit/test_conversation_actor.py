@@ -8,12 +8,12 @@ shard that records releases.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_fakes import RemoteMethod, on_a_loop
 
 from actors import conversation_actor as actor_module
 from actors.activation import NotHere
@@ -32,14 +32,6 @@ from runtime.turn import InputMessage, TurnRequest
 pytestmark = pytest.mark.timeout(20)
 
 
-def on_a_loop(test):
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 10))
-
-    return run
-
-
 class GatedProvider:
     """Answers "ok"; while ``gate`` is set to an unset event, waits for it first."""
 
@@ -54,18 +46,10 @@ class GatedProvider:
         yield await self.complete(request)
 
 
-class Method:
-    def __init__(self, fn) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any):
-        return self._fn(*args)
-
-
 class FakeShard:
     def __init__(self) -> None:
         self.released: list[tuple[str, int]] = []
-        self.release = Method(self._release)
+        self.release = RemoteMethod(self._release)
 
     async def _release(self, conversation_id: str, token: int) -> None:
         self.released.append((conversation_id, token))

@@ -8,25 +8,16 @@ A ``DirectoryShard`` instance is a plain object (the Ray actor class wraps it), 
 from __future__ import annotations
 
 import asyncio
-import functools
-from typing import Any
 
 import pytest
 from ray.exceptions import ActorDiedError
+from ray_fakes import RemoteMethod, on_a_loop
 
 from actors import directory as directory_module
 from actors.directory import Binding, DirectoryShard, HostFull
 from actors.placement import Host
 from runtime.errors import NotFound, Overloaded
 from runtime.settings import Settings
-
-
-class Method:
-    def __init__(self, fn) -> None:
-        self._fn = fn
-
-    def remote(self, *args: Any):
-        return self._fn(*args)
 
 
 class FakeActor:
@@ -41,9 +32,9 @@ class FakeActor:
         self.silent = False
         self.missing: set[str] = set()
         self.bind_delay = 0.0
-        self.bind = Method(self._bind)
-        self.holds = Method(self._holds)
-        self.held = Method(self._held)
+        self.bind = RemoteMethod(self._bind)
+        self.holds = RemoteMethod(self._holds)
+        self.held = RemoteMethod(self._held)
 
     async def _answer(self) -> None:
         if self.dead:
@@ -96,16 +87,6 @@ class FakePool:
     async def choose(self, exclude: set[str]) -> Host | None:
         candidates = [h for h in self.hosts.values() if h.name not in exclude]
         return min(candidates, key=lambda h: (h.placed, h.name)) if candidates else None
-
-
-def on_a_loop(test):
-    """Run an ``async def`` test on a fresh event loop, bounded."""
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 5))
-
-    return run
 
 
 def shard_with(*actors: FakeActor) -> DirectoryShard:
