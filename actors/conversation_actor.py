@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import psutil
@@ -46,6 +46,20 @@ from .tool_tasks import RayToolRunner
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 100_000  # every stream reader of every hosted conversation holds one slot
+
+
+DRAIN_POLL_SECONDS = 0.05
+DRAIN_GRACE_SECONDS = 5.0  # after cancelling: for the runs to record their end and readers to read it
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What one actor's ``drain`` did with the turns running when it began."""
+
+    host: str
+    finished: int  # ended on their own within the drain time
+    cancelled: int  # still running at its end, and cancelled
+    still_running: int  # cancelled, yet not ended within the grace time either
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,37 @@ class ConversationActor:
             ],
         )
 
+    # --- stopping the server ----------------------------------------------------------------------
+    @ray.method(enable_task_events=False)
+    async def drain(self, seconds: float, grace_seconds: float = DRAIN_GRACE_SECONDS) -> DrainReport:
+        """The server is stopping: let running turns end, for up to ``seconds``; then cancel those
+        still running (each ends ``cancelled``, as a client's cancel would end it, so a reader gets
+        its stop reason and the end of its stream) and wait up to ``grace_seconds`` for them to end
+        and for their readers to have read it all. New sends are refused at the ingress meanwhile."""
+        seen: dict[str, Activation] = {}
+
+        def running() -> list[Activation]:
+            # Scanned afresh each time: a send that reached us just before the ingress heard of the
+            # drain is waited for too.
+            now = [a for a in self._held() if a.runner.active is not None]
+            seen.update((a.conversation_id, a) for a in now)
+            return now
+
+        await _poll_until(lambda: not running(), seconds)
+        cut = running()
+        for activation in cut:
+            await activation.runner.cancel()
+        await _poll_until(
+            lambda: all(a.runner.active is None and not a.runner.readers for a in seen.values()),
+            grace_seconds,
+        )
+        return DrainReport(
+            self._name,
+            finished=len(seen) - len(cut),
+            cancelled=len(cut),
+            still_running=sum(1 for a in seen.values() if a.runner.active is not None),
+        )
+
     # --- passivation --------------------------------------------------------------------------------
     def _start_reaper(self) -> None:
         if self._reaper is None:
@@ -257,6 +302,14 @@ class ConversationActor:
         finally:
             if self._live.get(conversation_id) is activation:
                 del self._live[conversation_id]
+
+
+async def _poll_until(done: Callable[[], bool], seconds: float) -> None:
+    """Wait until ``done()`` or ``seconds`` have passed. Polled: a run's end and a reader's leaving
+    have no event to wait on, and this runs once, when the server stops."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not done() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
 
 
 RemoteConversationActor = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=0)(

@@ -25,7 +25,7 @@ from runtime.settings import Settings
 from runtime.turn import InputMessage, TurnRequest
 
 from .activation import NotHere
-from .conversation_actor import HostReport
+from .conversation_actor import DRAIN_GRACE_SECONDS, DrainReport, HostReport
 from .directory import Binding, shard_handle, shard_of, unwrap
 from .placement import listed_hosts
 
@@ -139,6 +139,21 @@ class ConversationClient:
 
         names = listed_hosts(self._settings)
         return [r for r in await asyncio.gather(*(report(n) for n in names)) if r is not None]
+
+    async def drain(self, seconds: float) -> list[DrainReport]:
+        """Every conversation actor lets its running turns end, cancelling those still running after
+        ``seconds`` (``ConversationActor.drain``); the actors drain side by side."""
+
+        async def drain(name: str) -> DrainReport | None:
+            try:
+                handle = ray.get_actor(name, namespace=self._settings.namespace)
+                call = handle.drain.remote(seconds)
+                return await asyncio.wait_for(call, seconds + DRAIN_GRACE_SECONDS + REPORT_TIMEOUT)
+            except Exception:  # starting, dying or dead: nothing of it to wait for
+                return None
+
+        names = listed_hosts(self._settings)
+        return [r for r in await asyncio.gather(*(drain(n) for n in names)) if r is not None]
 
     # --- resolving ----------------------------------------------------------------------------------
     def _shard(self, conversation_id: str) -> ray.actor.ActorHandle:

@@ -14,7 +14,9 @@ import sys
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from parley.server import serve_forever
+    import os
+
+    from parley.supervisor import READY_FD_VARIABLE
     from runtime.settings import ProviderCredentials, Settings
 
     settings = Settings.from_env(
@@ -29,8 +31,16 @@ def _serve(args: argparse.Namespace) -> int:
         max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
         api_key=args.api_key,
+        drain_seconds=args.drain_seconds,
     )
-    return serve_forever(settings, ProviderCredentials.from_env())
+    ready_fd = os.environ.pop(READY_FD_VARIABLE, None)
+    if ready_fd is None:  # the command as typed: supervise a driver running this same command
+        from parley.supervisor import supervise
+
+        return supervise(settings, args.argv)
+    from parley.server import drive
+
+    return drive(settings, ProviderCredentials.from_env(), int(ready_fd))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="autoscaling target of open requests per replica (default 200; PARLEY_TARGET_ONGOING_REQUESTS)",
     )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        help="on SIGTERM/SIGINT, let running turns end for this long, then cancel them "
+        "(default 20; PARLEY_DRAIN_SECONDS); a second signal stops at once",
+    )
     serve.set_defaults(run=_serve)
 
     commands.add_parser(
@@ -85,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return fake_main(argv[1:]) or 0
     args = parser.parse_args(argv)
+    args.argv = argv
     return args.run(args)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import psutil
 
+from .instance import INSTANCE_VARIABLE, read_record
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -145,6 +147,8 @@ class ServerProcess:
     data_dir: Path
     log_path: Path
     api_key: str | None = None  # PARLEY_API_KEY it was started with, for its diagnostic route
+    instance_id: str | None = None  # what every process of the server carries (parley.instance)
+    driver_pid: int | None = None  # its server process, leader of a session of its own
 
     def tree(self) -> list[psutil.Process]:
         """The server and every process under it: Ray's GCS, raylet, workers, Serve actors."""
@@ -175,6 +179,10 @@ class ServerProcess:
         """The live conversations (``fetch_activations``): None when the server has no such route."""
         return fetch_activations(self.url, self.api_key, timeout)
 
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until ``/v1/health`` answers 200 (RuntimeError if the server exits first, or times out)."""
+        _wait_ready(self, timeout)
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -182,16 +190,38 @@ class ServerProcess:
             return ""
 
     def session(self) -> list[psutil.Process]:
-        """Every live process of the server's session (it is a session leader): its tree, and also
-        any process whose parent died first and that was handed to init."""
+        """Every live process of the server: those of its session (it is a session leader), and
+        every process carrying its instance id (the driver runs in a session of its own), also
+        those whose parent died first and that were handed to init."""
         found = []
+        sessions = self._sessions()
         for proc in psutil.process_iter(["status"]):
             try:
-                if os.getsid(proc.pid) == self.process.pid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+                if os.getsid(proc.pid) in sessions or self._carries_instance(proc):
                     found.append(proc)
             except (OSError, psutil.Error):  # gone meanwhile, or not ours to ask about
                 continue
         return found
+
+    def _sessions(self) -> set[int]:
+        """The server's own session, and its driver's (recorded as it starts)."""
+        record = read_record(self.data_dir)
+        if record is not None and record.driver_pid:
+            self.driver_pid = record.driver_pid
+        return {self.process.pid, *([self.driver_pid] if self.driver_pid else [])}
+
+    def _carries_instance(self, proc: psutil.Process) -> bool:
+        if self.instance_id is None:
+            record = read_record(self.data_dir)  # written as it starts, removed as it ends
+            self.instance_id = record.instance_id if record else None
+        if self.instance_id is None:
+            return False
+        try:
+            return proc.environ().get(INSTANCE_VARIABLE) == self.instance_id
+        except (OSError, psutil.Error):
+            return False
 
     def kill(self, timeout: float = 20.0) -> int:
         """Crash the server: SIGKILL it and every process it started (GCS, raylet, workers,
@@ -223,7 +253,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGINT (what Ctrl-C sends), then make sure nothing of the tree is left behind."""
-        descendants = self.tree()[1:]
+        descendants = [p for p in {*self.tree()[1:], *self.session()} if p.pid != self.process.pid]
         haproxy_dir = _environ_value(descendants, HAPROXY_DIR_VARIABLE)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -277,11 +307,14 @@ def start_server(
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
     start_timeout: float = 180.0,
+    port: int | None = None,
+    wait: bool = True,
 ) -> ServerProcess:
-    """``parley serve`` on a free port, pointed at ``fake``; returns once ``/v1/health`` answers."""
+    """``parley serve`` on ``port`` (default: a free one), pointed at ``fake``; returns once
+    ``/v1/health`` answers 200, or at once with ``wait=False``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
-    port = free_port()
+    port = port or free_port()
     full_env = {
         **os.environ,
         "OPENAI_BASE_URL": fake.openai_base_url,
@@ -312,13 +345,22 @@ def start_server(
     server = ServerProcess(
         f"http://127.0.0.1:{port}", proc, data_dir, log_path, api_key=full_env.get("PARLEY_API_KEY") or None
     )
+    if wait:
+        server.wait_ready(start_timeout)
+    return server
+
+
+def _wait_ready(server: ServerProcess, start_timeout: float) -> None:
+    proc, data_dir = server.process, server.data_dir
     deadline = time.monotonic() + start_timeout
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"parley serve exited with {proc.returncode}:\n{server.log_tail()}")
         try:
             if httpx.get(f"{server.url}/v1/health/", timeout=2).status_code == 200:
-                return server
+                record = read_record(data_dir)
+                server.instance_id = record.instance_id if record else None
+                return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:

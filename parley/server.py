@@ -1,12 +1,17 @@
-"""Starting Parley: Ray (local, or joining a cluster), Serve's HTTP proxy, provider actors, the
-directory and the conversation actor pools, the app.
+"""The server process (the *driver*): Ray (local, or joining a cluster), Serve's HTTP front,
+provider actors, the directory and the conversation actor pools, the app.
 
-Used by ``parley serve``; blocks until SIGINT/SIGTERM, then shuts Serve and Ray down.
+``parley serve`` runs this as a child of its supervisor (``parley.supervisor``), in a session of
+its own. ``drive`` starts everything, tells the supervisor it is ready, and on SIGTERM drains:
+the app refuses new work with 503, running turns get up to ``drain_seconds`` to end and are then
+cancelled, and Ray and Serve are shut down. A second signal, or end-of-file on stdin (the
+supervisor is gone), ends every process of the instance at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -18,18 +23,23 @@ import tempfile
 import threading
 import time
 
+import psutil
 import ray
 from ray import serve
 from ray.serve.config import HTTPOptions
 from ray.serve.schema import LoggingConfig
 
+from actors.conversation_client import ConversationClient
 from actors.directory import start_directory
+from actors.lifecycle import ServerState, set_state, start_lifecycle
 from actors.placement import start_pools
 from actors.provider_actor import start_provider_actors
 from runtime.conversation_runner import close_interrupted_runs
 from runtime.settings import ProviderCredentials, Settings
 from runtime.store import open_store
 from serve_app.app import ParleyIngress
+
+from .instance import INSTANCE_VARIABLE, Session, end_instance
 
 APP_NAME = "parley"
 # Ray rewrites 127.0.0.1 to the machine's network address; any other loopback address is kept,
@@ -42,6 +52,10 @@ LOOPBACK_NODE_IP = "127.0.0.2"
 # over Ray. Measured here: 41 -> 31 ms of CPU per turn, 38 -> 50 turns/s (benchmarks/turns.py).
 # Set PARLEY_SERVE_HAPROXY=0 to use Serve's default proxy instead.
 THROUGHPUT_MODE = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# HAProxy joins the port's SO_REUSEPORT group, where ``parley serve`` holds the port while the
+# server starts (parley.startup_listener); Serve's own proxy always does. No one else can join:
+# ``parley serve`` refuses to start on a port anything else holds (parley.instance).
+REUSE_PORT = {"SERVE_SOCKET_REUSE_PORT_ENABLED": "1"}
 # Serve's controller loop runs every 0.1 s by default, a fifth of the idle server's CPU; 0.5 s is
 # still prompt for deploys and health, and halves it.
 CONTROLLER_LOOP = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
@@ -55,7 +69,7 @@ def configure_serve_environment() -> None:
     HAProxy's and Serve's ports and files default to fixed, machine-wide places (8404, 9101,
     8500, 30000+, /tmp/haproxy-serve); each Parley gets its own so that two can share a machine.
     """
-    for name, value in CONTROLLER_LOOP.items():
+    for name, value in {**CONTROLLER_LOOP, **REUSE_PORT}.items():
         os.environ.setdefault(name, value)
     if os.environ.get("PARLEY_SERVE_HAPROXY", "1") == "0":
         return
@@ -123,6 +137,7 @@ def start(settings: Settings, credentials: ProviderCredentials) -> None:
     serve.start(http_options=http, logging_config=quiet)
     # Started before the app and waited for: no request ever waits for a process start.
     ready = start_provider_actors(settings, credentials) + start_directory(settings) + start_pools(settings)
+    ready.append(start_lifecycle(settings))
     serve.run(
         ParleyIngress.options(logging_config=quiet, **replica_options(settings)).bind(settings),
         name=APP_NAME,
@@ -130,6 +145,19 @@ def start(settings: Settings, credentials: ProviderCredentials) -> None:
         blocking=False,
     )
     ray.get(ready, timeout=120)
+    _wait_until_running(APP_NAME, timeout=120)
+    set_state(ServerState.ready)
+
+
+def _wait_until_running(app: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = serve.status().applications.get(app)
+        if status is not None and status.status == "RUNNING":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Serve app {app!r} was not running after {timeout:.0f} s: {status}")
+        time.sleep(0.1)
 
 
 def close_runs_of_earlier_servers(settings: Settings) -> None:
@@ -185,24 +213,69 @@ def _redacted(url: str) -> str:
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
-def serve_forever(settings: Settings, credentials: ProviderCredentials) -> int:
+def drive(settings: Settings, credentials: ProviderCredentials, ready_fd: int) -> int:
+    """The driver's life; see the module docstring. ``ready_fd`` gets ``ready`` once the app
+    answers and every actor is up."""
     stopping = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            _end_now("a second signal")
         stopping.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    threading.Thread(target=_follow_supervisor, name="supervisor-watch", daemon=True).start()
     began = time.monotonic()
     start(settings, credentials)
-    where = f"http://{settings.host}:{settings.port}"
+    # Installed after Ray starts: Ray's core worker installs its own crash handler for SIGTERM,
+    # which would abort the process. (Until here the supervisor sends no signal: it ends a server
+    # that is still starting by killing it.)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     print(
-        f"Parley listening on {where} (store: {_redacted(settings.resolved_store_url)}; "
-        f"ready in {time.monotonic() - began:.1f}s; Ctrl-C to stop)",
+        f"Parley started in {time.monotonic() - began:.1f}s "
+        f"(store: {_redacted(settings.resolved_store_url)})",
         flush=True,
     )
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
     while not stopping.wait(1.0):
         pass
+    drain(settings)
     print("Parley shutting down", flush=True)
     stop(settings)
     return 0
+
+
+def drain(settings: Settings) -> None:
+    """Refuse new work, then give running turns ``drain_seconds`` to end (``ConversationActor.drain``)."""
+    began = time.monotonic()
+    set_state(ServerState.draining)
+    reports = asyncio.run(ConversationClient(settings).drain(settings.drain_seconds))
+    finished = sum(r.finished for r in reports)
+    cancelled = sum(r.cancelled for r in reports)
+    print(
+        f"Parley drained in {time.monotonic() - began:.1f}s: {finished} running turn(s) finished, "
+        f"{cancelled} cancelled at the {settings.drain_seconds:g} s drain limit",
+        flush=True,
+    )
+
+
+def _follow_supervisor() -> None:
+    """Block on stdin, which only the supervisor writes to: end-of-file means it is gone."""
+    # os.read, not sys.stdin: a daemon thread blocked in a buffered read aborts the interpreter's
+    # exit ("could not acquire lock for <stdin>").
+    with contextlib.suppress(OSError):
+        while os.read(0, 4096):
+            pass
+    _end_now("the supervisor is gone")
+
+
+def _end_now(why: str) -> None:
+    """End every process of this instance, then this one, without a shutdown."""
+    print(f"Parley: stopping at once ({why})", flush=True)
+    # Only processes started from this one carry the id: on a cluster, the cluster's own do not.
+    instance_id = os.environ.get(INSTANCE_VARIABLE)
+    if instance_id:
+        # This process leads its session (the supervisor started it so): Ray's agents are in it.
+        end_instance(instance_id, Session(os.getpid(), psutil.Process().create_time()))
+    os._exit(1)

@@ -61,6 +61,9 @@ class Settings(BaseModel):
     data_dir: str = Field(default_factory=lambda: str(Path.home() / ".parley"))
     store_url: str | None = None  # default: sqlite:///<data_dir>/parley.db
     namespace: str = "parley"  # Ray namespace of the conversation and provider actors
+    # On SIGTERM/SIGINT, running turns get this long to end before they are cancelled (new work is
+    # refused meanwhile). Under Kubernetes' default 30 s grace period, with room for the shutdown.
+    drain_seconds: float = Field(default=20.0, ge=0)
     # An idle live conversation passivates after this (activation is a store read, ~ms: the
     # window only saves that read for conversations used again soon).
     conversation_idle_seconds: float = 60.0

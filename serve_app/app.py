@@ -12,6 +12,7 @@ from . import diagnostics, errors, health, services
 from .auth import BearerAuth
 from .body_limit import BodySizeLimit, check_json_body
 from .letta import agent_messages, agent_tools, agents, blocks, conversations, runs, tools
+from .lifecycle import LifecycleGate
 from .openai import routes as openai_routes
 
 MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5 would queue them
@@ -27,7 +28,8 @@ def build_app() -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit)
-    app.add_middleware(BearerAuth)  # added last, so it runs first: no body is read without the key
+    app.add_middleware(BearerAuth)  # no body is read without the key
+    app.add_middleware(LifecycleGate)  # added last, so it runs first: a draining server checks no key
     app.include_router(health.router)
     app.include_router(diagnostics.router)
     for letta_router in (
@@ -55,4 +57,6 @@ app = build_app()
 @serve.ingress(app)
 class ParleyIngress:
     def __init__(self, settings: Settings) -> None:
-        services.install(services.Services.start(settings))
+        started = services.Services.start(settings)
+        started.lifecycle.start()
+        services.install(started)

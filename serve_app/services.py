@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends
 
 from actors.conversation_client import ConversationClient
+from actors.lifecycle import LifecycleWatch, ServerState
 from runtime.limits import InputLimits
 from runtime.settings import Settings
 from runtime.store import Store, open_store
@@ -19,11 +20,17 @@ class Services:
     settings: Settings
     store: Store
     conversations: ConversationClient
+    lifecycle: LifecycleWatch
     built_in_tools_ready: bool = False  # the built-in tools are in the store (checked once)
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
-        return cls(settings, open_store(settings.resolved_store_url), ConversationClient(settings))
+        return cls(
+            settings,
+            open_store(settings.resolved_store_url),
+            ConversationClient(settings),
+            LifecycleWatch(settings),
+        )
 
     @cached_property
     def limits(self) -> InputLimits:
@@ -53,6 +60,14 @@ def api_key() -> str | None:
     if _current is None or _current.settings.api_key is None:
         return None
     return _current.settings.api_key.get_secret_value()
+
+
+def server_state() -> ServerState:
+    """The server's state as this replica last heard it; ``starting`` before its services are."""
+    if _current is None:
+        return ServerState.starting
+    _current.lifecycle.start()  # idempotent; here for a replica whose constructor had no loop
+    return _current.lifecycle.state
 
 
 def max_request_bytes() -> int | None:
