@@ -167,10 +167,10 @@ async def resume_stream(
     conversation = await addressed(services, conversation_id, body.agent_id)
     if body.run_id is None and not await services.conversations.is_live(conversation.id):
         raise InvalidArgument("No active runs found for this conversation.")
-    stream = await services.conversations.follow(conversation.id, body.run_id, body.starting_after)
-    return sse_response(
-        stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
-    )
+    # Read from the run's first event: the renderer numbers chunks, not events (its invariant).
+    stream = await services.conversations.follow(conversation.id, body.run_id, 0)
+    renderer = render.StreamRenderer(body.include_pings, starting_after=body.starting_after)
+    return sse_response(stream, renderer, services.settings.heartbeat_seconds)
 
 
 @router.post("/v1/conversations/{conversation_id}/cancel")

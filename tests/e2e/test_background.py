@@ -30,7 +30,7 @@ def test_background_run_survives_its_reader_and_replays(client, conversation):
     replay = list(client.runs.messages.stream(ping.run_id, starting_after=0))
     kinds = [c.message_type for c in replay]
     assert kinds == ["ping", "assistant_message", "stop_reason", "usage_statistics"]
-    assert [c.seq_id for c in replay] == [1, 2, 3, 3]  # stop reason and usage are one event
+    assert [c.seq_id for c in replay] == [1, 2, 3, 4]  # each chunk its own number
     assert assistant_text(replay) == "1 2 3 4 5"
 
     # From the middle: everything after the ping.
