@@ -74,7 +74,10 @@ def tool(t: Tool) -> dict[str, Any]:
     }
 
 
-def agent_state(agent: Agent, blocks: Sequence[Block], tools: Sequence[Tool] = ()) -> dict[str, Any]:
+def agent_state(
+    agent: Agent, blocks: Sequence[Block], tools: Sequence[Tool] = (), message_ids: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``message_ids``: the in-context ids of the agent's default conversation, system message first."""
     rendered_blocks = [block(b) for b in blocks]
     return {
         "id": agent.id,
@@ -101,7 +104,7 @@ def agent_state(agent: Agent, blocks: Sequence[Block], tools: Sequence[Tool] = (
         "tool_ids": [t.id for t in tools],
         "sources": [],
         "tool_rules": [],
-        "message_ids": [],
+        "message_ids": list(message_ids),
         "identities": [],
         "identity_ids": [],
         "secrets": [],
