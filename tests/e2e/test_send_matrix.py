@@ -8,9 +8,10 @@ list the agent's messages ``after=`` that newest one and expect exactly the new 
 The seed's model configurations name real providers; each is mapped onto the fake provider by the
 wire it speaks (the seed's own reasoning rules, ``is_reasoner`` below, say what each must show):
 the OpenAI chat wire (gpt-4o-mini; gemini-2.5-flash through an OpenAI-compatible endpoint, as the
-fake speaks no Gemini wire) and the Anthropic wire (claude-3-5-sonnet; claude-3-7-sonnet with
-extended thinking). The seed's OpenAI reasoning configurations (o3, gpt-5) are not here yet: see
-the README's differences from Letta. The 1.x SDK names are used for the seed's 0.x calls
+fake speaks no Gemini wire), the OpenAI Responses wire (o3 at medium reasoning effort, gpt-5 at
+high: a reasoning summary is asked for, and so shown, only at high effort, and only before the
+tool call of a turn) and the Anthropic wire (claude-3-5-sonnet; claude-3-7-sonnet with extended
+thinking). The 1.x SDK names are used for the seed's 0.x calls
 (``agents.update`` for ``modify``, ``agents.messages.stream`` for ``create_stream``,
 ``runs.messages.stream`` for ``runs.stream``, ``tools.upsert`` for ``upsert_from_function``).
 """
@@ -44,6 +45,26 @@ class SeedConfig:
 
 TESTED_LLM_CONFIGS = [
     SeedConfig("gpt-4o-mini", "openai", {"model": "openai/gpt-4o-mini"}),
+    SeedConfig(
+        "openai-o3",
+        "openai",
+        {
+            "model": "openai/o3",
+            "model_settings": {"provider_type": "openai", "reasoning": {"reasoning_effort": "medium"}},
+        },
+        openai_reasoning=True,
+        reasoning_effort="medium",
+    ),
+    SeedConfig(
+        "openai-gpt-5",
+        "openai",
+        {
+            "model": "openai/gpt-5",
+            "model_settings": {"provider_type": "openai", "reasoning": {"reasoning_effort": "high"}},
+        },
+        openai_reasoning=True,
+        reasoning_effort="high",
+    ),
     SeedConfig("claude-3-5-sonnet", "anthropic", {"model": "anthropic/claude-3-5-sonnet-20241022"}),
     SeedConfig(
         "claude-3-7-sonnet-extended",
@@ -311,3 +332,19 @@ def test_tool_call(client: Letta, agent_state, llm_config: SeedConfig, send_type
     assert_tool_call_response(list(messages_from_db), llm_config, from_db=True)
     assert run_id is not None
     assert client.runs.retrieve(run_id=run_id).status == "completed"
+
+
+OPENAI_REASONERS = [c for c in TESTED_LLM_CONFIGS if c.openai_reasoning]
+
+
+@pytest.mark.parametrize("llm_config", OPENAI_REASONERS, ids=[c.name for c in OPENAI_REASONERS])
+def test_openai_reasoning_summary_shows_at_high_effort_only(
+    client: Letta, agent_state, llm_config: SeedConfig
+) -> None:
+    """Not the seed's: it lets an OpenAI reasoning summary be missing, so this pins that the fake
+    provider's one does show at high effort (before the tool call only) and not at medium."""
+    agent_state = client.agents.update(agent_id=agent_state.id, **llm_config.update)
+    messages, _ = _send(client, agent_state.id, "step", USER_MESSAGE_ROLL_DICE)
+    kinds = [m.message_type for m in _not_ping(messages)]
+    turn = ["tool_call_message", "tool_return_message", "assistant_message"]
+    assert kinds == (["reasoning_message", *turn] if is_reasoner(llm_config) else turn)
