@@ -1,7 +1,8 @@
 """A conversation: one thread of messages with one agent, served by one ConversationActor.
 
 Every agent also has a *default* conversation (Letta's agent-level messages): a conversation row
-whose id is the agent's own id, created the first time it is used and never listed.
+whose id is the agent's own id, created with the agent (or, for an agent older than that, the first
+time it is used) and never listed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Conversation(BaseModel):
     # A conversation of its own for one OpenAI response made without one: never listed, and its
     # actor passivates soon after the response (a chain by previous_response_id comes quickly).
     ephemeral: bool = False
-    # Ids of the messages the model sees, in order: system first. Empty until the first send.
+    # Ids of the messages the model sees, in order: system first (a Letta conversation has it from
+    # its creation; an OpenAI conversation has none).
     in_context_message_ids: list[str] = Field(default_factory=list)
 
     @property

@@ -31,6 +31,25 @@ class ConversationState:
         context = await store.get_messages(conversation.in_context_message_ids)
         return cls(store, conversation, context)
 
+    @classmethod
+    async def start(
+        cls, store: Store, conversation: Conversation, agent: Agent, blocks: Sequence[Block]
+    ) -> Conversation:
+        """Store a new Letta conversation with its compiled system message as its first in-context
+        message, as Letta does at creation (so a new agent's history lists it before any send).
+
+        Returns the conversation as stored; one whose id is taken (a racing twin of an agent's
+        default conversation) is returned as found, its system message left to whoever made it.
+        """
+        if not await store.create_conversation(conversation):
+            found = await store.get_conversation(conversation.id)
+            if found is None:
+                raise NotFound(f"Conversation {conversation.id} not found")
+            return found
+        state = cls(store, conversation, [])
+        await state.refresh_system_message(agent, blocks)
+        return state.conversation
+
     @property
     def id(self) -> str:
         return self.conversation.id
@@ -51,7 +70,8 @@ class ConversationState:
         return self.context[1:] if self._has_system else list(self.context)
 
     async def refresh_system_message(self, agent: Agent, blocks: Sequence[Block]) -> None:
-        """Create the conversation's system message on its first turn; recompile it when memory changed."""
+        """Create the conversation's system message if it has none yet (one made before system
+        messages were written at creation); recompile it when memory changed."""
         now = utcnow()
         conversation_id = None if self.conversation.is_default else self.conversation.id
         prompt = compile_system_prompt(agent, blocks, conversation_id, max(len(self.context) - 1, 0), now)

@@ -63,6 +63,9 @@ def parse_messages(body: dict[str, Any]) -> Conversation:
             conv.tools[tool["name"]] = tool["input_schema"] or {}
     conv.forced_tool = forced_tool(body.get("tool_choice"))
     conv.prompt_chars = chars + schema_chars(tools)
+    # Without the interleaved-thinking beta Claude thinks once per turn: not again on a tool result.
+    conv.can_reason = conv.can_reason and conv.tool_result is None
+    conv.narrates_tool_calls = True
     return conv
 
 

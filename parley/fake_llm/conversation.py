@@ -42,6 +42,9 @@ class Conversation:
     prompt_chars: int = 0
     stream: bool = False
     can_reason: bool = False  # Anthropic thinking enabled / Responses `reasoning` set
+    # Claude says a sentence before it calls a tool ("I'll roll the die."): the Anthropic wire sets
+    # this, and a tool call the prompt gives no words for gets some.
+    narrates_tool_calls: bool = False
     max_tokens: int | None = None
 
     @property

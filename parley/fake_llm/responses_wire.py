@@ -1,4 +1,13 @@
-"""OpenAI Responses API: POST /v1/responses, plain and streamed."""
+"""OpenAI Responses API: POST /v1/responses, plain and streamed.
+
+A request with a ``reasoning`` object makes the model reason, and every response to it carries a
+reasoning item (its tokens counted in ``usage.output_tokens_details.reasoning_tokens``), as the
+real API's reasoning models do. The item's ``summary`` is empty unless the request asks for one
+(``reasoning.summary``), and only then do ``response.reasoning_summary_*`` events stream. A call
+that answers a tool result (the input ends with a ``function_call_output``) is the same turn as the
+call that made the tool call: its reasoning item comes with an empty summary even when one is asked
+for, so a turn's reasoning is summarized once, before its tool call.
+"""
 
 from __future__ import annotations
 
@@ -105,6 +114,19 @@ def _reasoning_item(ids: _Ids, summary: list[dict[str, str]]) -> dict[str, Any]:
     return {"id": ids.reasoning, "type": "reasoning", "summary": summary}
 
 
+def _summarized(ex: Exchange) -> bool:
+    """Whether the reply's reasoning is handed out as a summary (see the module docstring)."""
+    reasoning = ex.body.get("reasoning")
+    asked = isinstance(reasoning, dict) and bool(reasoning.get("summary"))
+    return asked and ex.conv.tool_result is None
+
+
+def _summary(ex: Exchange) -> list[dict[str, str]]:
+    if not ex.reply.reasoning or not _summarized(ex):
+        return []
+    return [{"type": "summary_text", "text": ex.reply.reasoning}]
+
+
 def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
@@ -132,7 +154,7 @@ def _final_status(ex: Exchange) -> str:
 def _output(ex: Exchange, ids: _Ids) -> list[dict[str, Any]]:
     output = []
     if ex.reply.reasoning:
-        output.append(_reasoning_item(ids, [{"type": "summary_text", "text": ex.reply.reasoning}]))
+        output.append(_reasoning_item(ids, _summary(ex)))
     if ex.reply.text:
         output.append(_message_item(ids, _final_status(ex), [_text_part(ex.reply.text)]))
     if ex.reply.tool_call is not None:
@@ -248,9 +270,12 @@ async def stream_responses(out: PacedStream, ex: Exchange) -> None:
 
 
 async def _stream_reasoning(ev: _Events, ex: Exchange, ids: _Ids, index: int) -> None:
+    ev.emit("response.output_item.added", output_index=index, item=_reasoning_item(ids, []))
+    if not _summarized(ex):
+        ev.emit("response.output_item.done", output_index=index, item=_reasoning_item(ids, []))
+        return
     at = {"item_id": ids.reasoning, "output_index": index, "summary_index": 0}
     text = ex.reply.reasoning or ""
-    ev.emit("response.output_item.added", output_index=index, item=_reasoning_item(ids, []))
     ev.emit("response.reasoning_summary_part.added", **at, part={"type": "summary_text", "text": ""})
     delta = ev.template("response.reasoning_summary_text.delta", **at, delta=HOLE)
     await ev.tokens(delta, ex.reasoning_tokens)

@@ -42,6 +42,8 @@ def decide(conv: Conversation, text: str) -> Reply:
         reply = Reply(f"Tool {conv.tool_result.name} returned: {text}")
     else:
         reply = _obey_tool_choice(conv, _first_rule(conv, text.strip()))
+        if conv.narrates_tool_calls and reply.tool_call is not None and not reply.text:
+            reply = Reply(f"I'll use the {reply.tool_call.name} tool.", reply.reasoning, reply.tool_call)
     if conv.can_reason and reply.reasoning is None:
         reply = Reply(reply.text, DEFAULT_REASONING, reply.tool_call)
     return reply

@@ -13,6 +13,8 @@ from .base import EncodedRequest, MessageCache, ModelRequest, cached_encoding
 
 PROVIDER = "openai_responses"
 DEFAULT_EFFORT = "medium"
+SUMMARY_EFFORTS = frozenset({"high"})  # efforts at which a reasoning summary is asked for, as Letta does
+SUMMARY = "auto"
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 _CHAT_MODELS = ("gpt-5-chat",)  # gpt-5 names that are plain chat models (no reasoning settings)
 
@@ -33,7 +35,7 @@ def encode(request: ModelRequest, cache: MessageCache | None = None) -> EncodedR
         "model": request.model,
         "instructions": request.system,
         "input": items,
-        "reasoning": {"effort": request.reasoning_effort or DEFAULT_EFFORT, "summary": "auto"},
+        "reasoning": reasoning_settings(request.reasoning_effort),
         "store": False,
     }
     if request.tools:
@@ -55,6 +57,16 @@ def encode(request: ModelRequest, cache: MessageCache | None = None) -> EncodedR
     if request.max_tokens is not None:
         body["max_output_tokens"] = request.max_tokens
     return EncodedRequest(provider=PROVIDER, endpoint=request.endpoint, body=body)
+
+
+def reasoning_settings(effort: str | None) -> dict[str, str]:
+    """The request's ``reasoning`` object. A summary (the only reasoning the API hands out, and what
+    becomes a ``reasoning_message``) is asked for only at an effort in ``SUMMARY_EFFORTS``; at any
+    other effort the model still reasons, but the response's reasoning items carry no summary."""
+    effort = effort or DEFAULT_EFFORT
+    if effort in SUMMARY_EFFORTS:
+        return {"effort": effort, "summary": SUMMARY}
+    return {"effort": effort}
 
 
 def encode_message(message: Message) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from runtime import ids
 from runtime.agent import DEFAULT_BLOCK_LIMIT, Agent, Block, EmbeddingConfig, LLMConfig
 from runtime.clock import utcnow
+from runtime.conversation import Conversation
+from runtime.conversation_state import ConversationState
 from runtime.errors import InvalidArgument, NotFound, ValidationFailed
 from runtime.handles import embedding_config_for, llm_config_for
 from runtime.store import Page
@@ -107,7 +109,9 @@ async def agent_view(services: Services, agent: Agent, blocks: list[Block] | Non
     """The AgentState of ``agent`` with its blocks and tools as stored now."""
     if blocks is None:
         blocks = await services.store.get_blocks(agent.block_ids)
-    return render.agent_state(agent, blocks, await services.store.get_tools(agent.tool_ids))
+    default = await services.store.get_conversation(agent.id)
+    message_ids = default.in_context_message_ids if default is not None else []
+    return render.agent_state(agent, blocks, await services.store.get_tools(agent.tool_ids), message_ids)
 
 
 async def load_agent(services: Services, agent_id: str) -> tuple[Agent, list[Block]]:
@@ -156,6 +160,8 @@ async def create_agent(body: CreateAgent, services: ServicesDep) -> dict[str, An
         fields["timezone"] = body.timezone
     agent = Agent(**fields)
     await services.store.create_agent(agent, new_blocks)
+    # Letta writes the agent's system message at creation: its history starts with it.
+    await ConversationState.start(services.store, Conversation.default_for(agent.id), agent, blocks)
     return await agent_view(services, agent, blocks)
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from runtime import ids
 from runtime.clock import utcnow
 from runtime.conversation import Conversation
+from runtime.conversation_state import ConversationState
 from runtime.errors import Conflict, InvalidArgument, NotFound, ValidationFailed
 from runtime.handles import split_handle
 from runtime.store import Page
@@ -34,7 +35,8 @@ async def load_conversation(services: Services, conversation_id: str) -> Convers
 
 
 async def default_conversation(services: Services, agent_id: str) -> Conversation:
-    """The agent's default conversation, created the first time it is addressed."""
+    """The agent's default conversation: made with the agent, or for an agent older than that the
+    first time it is addressed (its actor then writes its system message on the first turn)."""
     agent, _ = await load_agent(services, agent_id)
     conversation = await services.store.get_conversation(agent.id)
     if conversation is None:
@@ -61,7 +63,7 @@ async def addressed(services: Services, conversation_id: str, agent_id: str | No
 async def create_conversation(
     services: ServicesDep, agent_id: str, body: CreateConversation | None = None
 ) -> dict[str, Any]:
-    agent, _ = await load_agent(services, agent_id)
+    agent, blocks = await load_agent(services, agent_id)
     body = body or CreateConversation()
     if body.model:
         split_handle(body.model, compatible=services.settings.compatible_providers)
@@ -74,8 +76,7 @@ async def create_conversation(
         model_settings=body.model_settings,
         context_window_limit=body.context_window_limit,
     )
-    await services.store.create_conversation(conversation)
-    return render.conversation(conversation)
+    return render.conversation(await ConversationState.start(services.store, conversation, agent, blocks))
 
 
 @collection(router, "GET", "/v1/conversations")
@@ -167,10 +168,10 @@ async def resume_stream(
     conversation = await addressed(services, conversation_id, body.agent_id)
     if body.run_id is None and not await services.conversations.is_live(conversation.id):
         raise InvalidArgument("No active runs found for this conversation.")
-    stream = await services.conversations.follow(conversation.id, body.run_id, body.starting_after)
-    return sse_response(
-        stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
-    )
+    # Read from the run's first event: the renderer numbers chunks, not events (its invariant).
+    stream = await services.conversations.follow(conversation.id, body.run_id, 0)
+    renderer = render.StreamRenderer(body.include_pings, starting_after=body.starting_after)
+    return sse_response(stream, renderer, services.settings.heartbeat_seconds)
 
 
 @router.post("/v1/conversations/{conversation_id}/cancel")

@@ -74,7 +74,10 @@ def tool(t: Tool) -> dict[str, Any]:
     }
 
 
-def agent_state(agent: Agent, blocks: Sequence[Block], tools: Sequence[Tool] = ()) -> dict[str, Any]:
+def agent_state(
+    agent: Agent, blocks: Sequence[Block], tools: Sequence[Tool] = (), message_ids: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``message_ids``: the in-context ids of the agent's default conversation, system message first."""
     rendered_blocks = [block(b) for b in blocks]
     return {
         "id": agent.id,
@@ -101,7 +104,7 @@ def agent_state(agent: Agent, blocks: Sequence[Block], tools: Sequence[Tool] = (
         "tool_ids": [t.id for t in tools],
         "sources": [],
         "tool_rules": [],
-        "message_ids": [],
+        "message_ids": list(message_ids),
         "identities": [],
         "identity_ids": [],
         "secrets": [],
@@ -280,12 +283,33 @@ def usage_statistics(usage: Usage, run_id: str) -> dict[str, Any]:
 
 
 # --- streams --------------------------------------------------------------------------------------
-class StreamRenderer:
-    """Renders a run's events as Letta SSE bytes, one write per batch of events."""
+_DONE = "done"
+_ERROR = "error"
+_DATA = "data"
 
-    def __init__(self, include_pings: bool = True, include_types: Sequence[str] | None = None) -> None:
+
+class StreamRenderer:
+    """Renders a run's events as Letta SSE bytes, one write per batch of events.
+
+    Invariant: every chunk a run's events stand for (its opening ping, each message or delta, the
+    stop reason, the usage, an error, ``[DONE]``) takes the next ``seq_id`` of the run, 1, 2, 3, ...
+    with no gaps and no repeats. The numbers are counted over the whole run whatever this reader
+    shows (pings, message types), so a live stream, a replay and a resume number alike; a renderer
+    must therefore be fed the run from its first event. Chunks numbered up to ``starting_after``
+    are counted but not sent. A keepalive ping is no chunk of the run: it takes no number and
+    carries the last one given, as Letta's keepalives carry the last seq_id seen.
+    """
+
+    def __init__(
+        self,
+        include_pings: bool = True,
+        include_types: Sequence[str] | None = None,
+        starting_after: int = 0,
+    ) -> None:
         self.include_pings = include_pings
         self.include_types = set(include_types) if include_types else None
+        self.starting_after = starting_after
+        self._numbered = 0  # the seq_id of the run's last chunk counted so far
         # Token streaming: which Letta message (by index) each delta's part belongs to.
         self._letta_index: dict[tuple[str, int], int] = {}
         self._last_part: dict[str, tuple[str, int]] = {}
@@ -298,47 +322,63 @@ class StreamRenderer:
         return bytes(out)
 
     def chunks(self, event: RunEvent) -> list[bytes]:
-        if isinstance(event, RunStarted | Ping):
+        if isinstance(event, Ping):
             if not self.include_pings:
                 return []
-            return [sse.data(self._ping(event.run_id, event.seq))]
+            return [sse.data(self._ping(event.run_id, self._numbered or None))]
+        out: list[bytes] = []
+        for kind, payload in self._payloads(event):
+            self._numbered += 1
+            if kind == _DONE:
+                out.append(sse.DONE)  # the end of every reader's stream, however late it came in
+                continue
+            if self._numbered <= self.starting_after or not self._shown(payload):
+                continue
+            payload["seq_id"] = self._numbered
+            out.append(sse.named("error", payload) if kind == _ERROR else sse.data(payload))
+        return out
+
+    def _payloads(self, event: RunEvent) -> list[tuple[str, dict[str, Any]]]:
+        """The run's chunks ``event`` stands for, before numbering and before this reader's filters."""
+        if isinstance(event, RunStarted):
+            return [(_DATA, self._ping(event.run_id, None))]
         if isinstance(event, MessageDone):
             if event.streamed and event.message.role == "assistant":
                 return []  # already sent as deltas
-            return [sse.data(m) for m in self._filtered(letta_messages(event.message, event.seq))]
+            return [(_DATA, m) for m in letta_messages(event.message)]
         if isinstance(event, Delta):
-            return [sse.data(m) for m in self._filtered([self._delta(event)])]
+            return [(_DATA, self._delta(event))]
         if isinstance(event, Stopped):
-            chunks = [
-                sse.data({**stop_reason(event.stop_reason.value), "seq_id": event.seq}),
-                sse.data({**usage_statistics(event.usage, event.run_id), "seq_id": event.seq}),
+            payloads = [
+                (_DATA, stop_reason(event.stop_reason.value)),
+                (_DATA, usage_statistics(event.usage, event.run_id)),
             ]
             if event.error is not None:
-                chunks.append(
-                    sse.named(
-                        "error",
-                        {
-                            "message_type": "error_message",
-                            "run_id": event.run_id,
-                            "error_type": event.error.error_type,
-                            "message": event.error.message,
-                            "detail": event.error.detail,
-                            "seq_id": event.seq,
-                        },
-                    )
-                )
-            return chunks
+                error = {
+                    "message_type": "error_message",
+                    "run_id": event.run_id,
+                    "error_type": event.error.error_type,
+                    "message": event.error.message,
+                    "detail": event.error.detail,
+                }
+                payloads.append((_ERROR, error))
+            return payloads
         if isinstance(event, Done):
-            return [sse.DONE]
+            return [(_DONE, {})]
         return []
 
-    def _filtered(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.include_types is None:
-            return messages
-        return [m for m in messages if m["message_type"] in self.include_types]
+    def _shown(self, payload: dict[str, Any]) -> bool:
+        message_type = payload.get("message_type")
+        if message_type == "ping":
+            return self.include_pings
+        if self.include_types is None or message_type is None:
+            return True
+        if message_type in ("stop_reason", "usage_statistics", "error_message"):
+            return True
+        return message_type in self.include_types
 
     @staticmethod
-    def _ping(run_id: str, seq: int) -> dict[str, Any]:
+    def _ping(run_id: str, seq: int | None) -> dict[str, Any]:
         return {
             "message_type": "ping",
             "id": ids.new_id(ids.PING),
@@ -369,7 +409,7 @@ class StreamRenderer:
             "sender_id": None,
             "step_id": None,
             "run_id": delta.run_id,
-            "seq_id": delta.seq,
+            "seq_id": None,  # numbered by chunks()
         }
         if delta.part == "text":
             return {**common, "message_type": "assistant_message", "content": delta.text}

@@ -106,14 +106,14 @@ async def stream_run(
     if run.conversation_id is None:
         raise NotFound(f"Run {run_id} has no stream")
     stored = await load_run_log(services.store, run) if run.status.terminal else None
+    # Read from the run's first event: the renderer numbers chunks, not events (its invariant).
     if stored is not None:
         # A finished run replays from the store, here: no need to wake its conversation's actor.
-        stream = RunStream.of(stored.read(body.starting_after))
+        stream = RunStream.of(stored.read(0))
     else:
-        stream = await services.conversations.follow(run.conversation_id, run.id, body.starting_after)
-    return sse_response(
-        stream, render.StreamRenderer(body.include_pings), services.settings.heartbeat_seconds
-    )
+        stream = await services.conversations.follow(run.conversation_id, run.id, 0)
+    renderer = render.StreamRenderer(body.include_pings, starting_after=body.starting_after)
+    return sse_response(stream, renderer, services.settings.heartbeat_seconds)
 
 
 async def cancel_runs(services: Services, runs: list[Run]) -> dict[str, str]:

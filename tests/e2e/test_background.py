@@ -30,7 +30,7 @@ def test_background_run_survives_its_reader_and_replays(client, conversation):
     replay = list(client.runs.messages.stream(ping.run_id, starting_after=0))
     kinds = [c.message_type for c in replay]
     assert kinds == ["ping", "assistant_message", "stop_reason", "usage_statistics"]
-    assert [c.seq_id for c in replay] == [1, 2, 3, 3]  # stop reason and usage are one event
+    assert [c.seq_id for c in replay] == [1, 2, 3, 4]  # each chunk its own number
     assert assistant_text(replay) == "1 2 3 4 5"
 
     # From the middle: everything after the ping.
@@ -89,3 +89,51 @@ def test_agents_messages_cancel(client, agent):
     # The default conversation is free again.
     response = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "say free"}])
     assert of_type(response.messages, "assistant_message")[0].content == "free"
+
+
+def _numbers(chunks) -> list[int]:
+    return [c.seq_id for c in chunks]
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # agents.messages.stream
+@pytest.mark.parametrize("mode", ["step", "token", "async"])
+def test_every_chunk_its_own_seq_id_and_every_resume_point(client, agent, mode):
+    """Live and replayed, the chunks of a run are numbered 1, 2, 3, ... (stop reason and usage
+    included), and ``starting_after=N`` gives exactly those numbered above N, for every N."""
+    prompt = "count to 5 [[token_delay=0.01]]"
+    live: list = []
+    if mode == "async":
+        run_id = client.agents.messages.create_async(agent.id, input=prompt).id
+        assert _wait_for_status(client, run_id, {"completed", "failed", "cancelled"}) == "completed"
+    else:
+        stream = client.agents.messages.stream(
+            agent.id, input=prompt, background=True, stream_tokens=(mode == "token")
+        )
+        live = list(stream)
+        run_id = live[0].run_id
+    replay = list(client.runs.messages.stream(run_id, starting_after=0))
+    assert _numbers(replay) == list(range(1, len(replay) + 1))
+    assert [c.message_type for c in replay[-2:]] == ["stop_reason", "usage_statistics"]
+    if live:
+        assert [(c.message_type, c.seq_id) for c in live] == [(c.message_type, c.seq_id) for c in replay]
+    if mode == "token":
+        assert len(of_type(replay, "assistant_message")) > 1  # streamed in pieces, each numbered
+    for after in range(len(replay) + 1):
+        resumed = list(client.runs.messages.stream(run_id, starting_after=after))
+        assert _numbers(resumed) == _numbers(replay)[after:], after
+    # The client that saw the stop reason and lost the connection gets the usage, and nothing else.
+    stop = replay[-2]
+    [usage] = client.runs.messages.stream(run_id, starting_after=stop.seq_id)
+    assert usage.message_type == "usage_statistics"
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # agents.messages.stream
+@pytest.mark.parametrize("stream_tokens", [False, True])
+def test_foreground_stream_numbers_every_chunk(client, agent, stream_tokens):
+    chunks = list(
+        client.agents.messages.stream(
+            agent.id, input="count to 5 [[token_delay=0.01]]", stream_tokens=stream_tokens
+        )
+    )
+    assert _numbers(chunks) == list(range(1, len(chunks) + 1))
+    assert chunks[-2].message_type == "stop_reason" and chunks[-1].message_type == "usage_statistics"

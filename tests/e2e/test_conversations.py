@@ -14,7 +14,12 @@ def test_create_list_retrieve(client, agent):
     second = client.conversations.create(agent_id=agent.id, summary="second one")
     assert first.id.startswith("conv-")
     assert first.agent_id == agent.id
-    assert first.in_context_message_ids == []
+    # Its own system message from the start, as Letta writes it at creation.
+    [system_id] = first.in_context_message_ids
+    assert system_id.startswith("message-")
+    [system] = client.conversations.messages.list(first.id).items
+    assert (system.id, system.message_type) == (system_id, "system_message")
+    assert f"- CONVERSATION_ID: {first.id}" in system.content
     assert second.summary == "second one"
 
     listed = [c.id for c in client.conversations.list(agent_id=agent.id)]

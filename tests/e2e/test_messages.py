@@ -157,4 +157,6 @@ def test_invalid_sends_are_422(client, conversation, server):
     assert response.status_code == 422
     assert "messages" in response.json()["detail"]
     # Nothing was stored by the refused sends.
-    assert client.conversations.messages.list(conversation.id).items == []
+    assert [m.message_type for m in client.conversations.messages.list(conversation.id).items] == [
+        "system_message"
+    ]

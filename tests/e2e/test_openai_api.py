@@ -779,3 +779,35 @@ def test_streaming_a_foreground_response_again_is_a_400(oai):
     with pytest.raises(openai.BadRequestError) as caught:
         list(oai.responses.retrieve(done.id, stream=True))
     assert caught.value.body["param"] == "stream"
+
+
+def test_seed_conversation_responses_flow(oai):
+    """Seed 002's manual script, its responses part: a response in a new conversation, the
+    conversation retrieved, two follow-ups listed as items, then a made-up conversation id."""
+    conversation = oai.conversations.create()
+    response = oai.responses.create(
+        model=MODEL,
+        input=[{"role": "user", "content": "What are the 5 Ds of dodgeball?"}],
+        conversation=conversation.id,
+    )
+    assert response.status == "completed" and response.output_text
+    assert oai.conversations.retrieve(conversation.id).id == conversation.id
+    for content in (
+        "Repeat what you just said but add 'this is my second time saying this'",
+        "Repeat what you just said but add 'this is my third time saying this'",
+    ):
+        followup = oai.responses.create(
+            model=MODEL, input=[{"role": "user", "content": content}], conversation=conversation.id
+        )
+        assert followup.status == "completed"
+    conv_items = oai.conversations.items.list(conversation.id)
+    roles = [item.role for item in reversed(conv_items.data) if item.type == "message"]
+    assert roles == ["user", "assistant"] * 3
+    # The seed's made-up id is not `conv_` + 48 hex digits: malformed, so 400 (a well-formed unknown
+    # id is 404, test_unknown_conversation_is_404).
+    with pytest.raises(openai.BadRequestError):
+        oai.responses.create(
+            model=MODEL,
+            input=[{"role": "user", "content": "say hello"}],
+            conversation="conv_zzzzzzzzz5dc81908289d62779d2ac510a2b0b602ef00a44",
+        )

@@ -1,184 +1,350 @@
-"""The send-mode x model matrix: a greeting and a roll_dice tool call, through ``letta-client``.
+"""Seed 001 ported test by test: Letta's send-message tests (greeting, roll_dice tool call), every
+send mode x every model configuration of the seed, through ``letta-client`` 1.12.1.
 
-Every mode (step, stream steps, stream tokens, background with replay, async) on every model
-family the fake provider speaks (OpenAI chat, OpenAI reasoning via the Responses API, Anthropic,
-Anthropic with extended thinking), to the agent's default conversation and to a named one.
+The seed's flow: take the agent's newest message with ``agents.messages.list(limit=1)``, switch the
+agent's model, send, check what came back, replay a background run from ``starting_after=0``, then
+list the agent's messages ``after=`` that newest one and expect exactly the new turn.
+
+The seed's model configurations name real providers; each is mapped onto the fake provider by the
+wire it speaks (the seed's own reasoning rules, ``is_reasoner`` below, say what each must show):
+the OpenAI chat wire (gpt-4o-mini; gemini-2.5-flash through an OpenAI-compatible endpoint, as the
+fake speaks no Gemini wire), the OpenAI Responses wire (o3 at medium reasoning effort, gpt-5 at
+high: a reasoning summary is asked for, and so shown, only at high effort, and only before the
+tool call of a turn) and the Anthropic wire (claude-3-5-sonnet; claude-3-7-sonnet with extended
+thinking). The 1.x SDK names are used for the seed's 0.x calls
+(``agents.update`` for ``modify``, ``agents.messages.stream`` for ``create_stream``,
+``runs.messages.stream`` for ``runs.stream``, ``tools.upsert`` for ``upsert_from_function``).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
+from letta_client import Letta
 
-from .test_tools import ROLL_DICE, ROLL_PROMPT
+from .test_tools import ROLL_DICE
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # agents.messages.stream
 
-GREETING = "Hi!"
-MODELS: dict[str, dict[str, Any]] = {
-    "gpt-4o-mini": {"model": "openai/gpt-4o-mini"},
-    "o4-mini": {"model": "openai/o4-mini"},
-    "claude": {"model": "anthropic/claude-sonnet-4-5"},
-    "claude-thinking": {
-        "model": "anthropic/claude-sonnet-4-5",
-        "model_settings": {
-            "provider_type": "anthropic",
-            "thinking": {"type": "enabled", "budget_tokens": 1024},
+
+@dataclass(frozen=True)
+class SeedConfig:
+    """One of the seed's LLM configurations, as this server reaches it on the fake provider."""
+
+    name: str
+    endpoint_type: str  # the seed config's model_endpoint_type: "anthropic" says a word before a call
+    update: dict[str, Any] = field(default_factory=dict)  # agents.update(...) that selects it
+    openai_reasoning: bool = False
+    reasoning_effort: str | None = None
+    anthropic_reasoning: bool = False
+
+
+TESTED_LLM_CONFIGS = [
+    SeedConfig("gpt-4o-mini", "openai", {"model": "openai/gpt-4o-mini"}),
+    SeedConfig(
+        "openai-o3",
+        "openai",
+        {
+            "model": "openai/o3",
+            "model_settings": {"provider_type": "openai", "reasoning": {"reasoning_effort": "medium"}},
         },
-    },
-}
-REASONS = {"o4-mini", "claude-thinking"}
-MODES = ("step", "stream_steps", "stream_tokens", "background", "async")
-CASES = [
-    (model, mode, target)
-    for model in MODELS
-    for mode in MODES
-    for target in ("default", "named")
-    if not (mode == "async" and target == "named")  # create_async exists for agents only
+        openai_reasoning=True,
+        reasoning_effort="medium",
+    ),
+    SeedConfig(
+        "openai-gpt-5",
+        "openai",
+        {
+            "model": "openai/gpt-5",
+            "model_settings": {"provider_type": "openai", "reasoning": {"reasoning_effort": "high"}},
+        },
+        openai_reasoning=True,
+        reasoning_effort="high",
+    ),
+    SeedConfig("claude-3-5-sonnet", "anthropic", {"model": "anthropic/claude-3-5-sonnet-20241022"}),
+    SeedConfig(
+        "claude-3-7-sonnet-extended",
+        "anthropic",
+        {
+            "model": "anthropic/claude-3-7-sonnet-20250219",
+            "model_settings": {
+                "provider_type": "anthropic",
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+            },
+        },
+        anthropic_reasoning=True,
+    ),
+    SeedConfig("gemini-2.5-flash", "google_ai", {"model": "localai/gemini-2.5-flash"}),
+]
+SEND_TYPES = ["step", "stream_steps", "stream_tokens", "stream_tokens_background", "async"]
+
+USER_MESSAGE_OTID = str(uuid.uuid4())
+USER_MESSAGE_RESPONSE = "Teamwork makes the dream work"
+USER_MESSAGE_FORCE_REPLY = [
+    {
+        "role": "user",
+        "content": f"This is an automated test message. Reply with the message '{USER_MESSAGE_RESPONSE}'.",
+        "otid": USER_MESSAGE_OTID,
+    }
+]
+USER_MESSAGE_ROLL_DICE = [
+    {
+        "role": "user",
+        "content": "This is an automated test message. Call the roll_dice tool with 16 sides and reply back to me with the outcome.",
+        "otid": USER_MESSAGE_OTID,
+    }
 ]
 
 
-@pytest.fixture(scope="module")
-def dice_tool(client_module):
-    return client_module.tools.upsert(source_code=ROLL_DICE)
+def is_reasoner(config: SeedConfig) -> bool:
+    return (config.openai_reasoning and config.reasoning_effort == "high") or config.anthropic_reasoning
 
 
-@pytest.fixture(scope="module")
-def client_module(server):
-    from letta_client import Letta
-
-    with Letta(base_url=server.url) as letta:
-        yield letta
+def _not_ping(messages: list[Any]) -> list[Any]:
+    return [m for m in messages if getattr(m, "message_type", None) != "ping"]
 
 
-@pytest.fixture(scope="module")
-def agents(client_module, dice_tool):
-    made = {
-        name: client_module.agents.create(
-            embedding="openai/text-embedding-3-small",
-            memory_blocks=[{"label": "human", "value": "The user is Ada."}],
-            tool_ids=[dice_tool.id],
-            **spec,
-        )
-        for name, spec in MODELS.items()
-    }
-    yield made
-    for agent in made.values():
-        client_module.agents.delete(agent.id)
+def get_expected_message_count(
+    config: SeedConfig, tool_call: bool = False, streaming: bool = False, from_db: bool = False
+) -> int:
+    count = 1  # assistant message
+    if is_reasoner(config):
+        count += 1
+    if tool_call:
+        count += 2  # tool call and tool return
+        if config.endpoint_type == "anthropic":
+            count += 1  # anthropic models say something before the tool call
+    if from_db:
+        count += 1  # user message
+    if streaming:
+        count += 2  # stop reason and usage statistics
+    return count
 
 
-def expected(model: str, prompt: str) -> list[str]:
-    reasoning = ["reasoning_message"] if model in REASONS else []
-    if prompt == GREETING:
-        return [*reasoning, "assistant_message"]
-    return [*reasoning, "tool_call_message", "tool_return_message", *reasoning, "assistant_message"]
-
-
-def merged(chunks: list[Any]) -> list[Any]:
-    """Token-streamed chunks of one message folded into one entry (same type and id)."""
-    out: list[Any] = []
-    for chunk in chunks:
-        if chunk.message_type in ("ping", "stop_reason", "usage_statistics"):
-            continue
-        if out and (out[-1].message_type, out[-1].id) == (chunk.message_type, chunk.id):
-            continue
-        out.append(chunk)
-    return out
-
-
-def send(
-    client, server_url: str, agent_id: str, target: str, mode: str, prompt: str
-) -> tuple[list[Any], str]:
-    """Send ``prompt`` in ``mode``; returns (the agent's messages, stop reason)."""
-    messages = [{"role": "user", "content": prompt}]
-    if target == "named":
-        conversation_id = client.conversations.create(agent_id=agent_id).id
-    if mode == "step":
-        if target == "default":
-            response = client.agents.messages.create(agent_id, messages=messages)
-            return list(response.messages), response.stop_reason.stop_reason
-        # The SDK reads every conversation send as SSE; the JSON form is asked for on the wire.
-        body = httpx.post(
-            f"{server_url}/v1/conversations/{conversation_id}/messages",
-            json={"messages": messages, "streaming": False},
-            timeout=30,
-        ).json()
-        return [_Obj(m) for m in body["messages"]], body["stop_reason"]["stop_reason"]
-    if mode == "async":
-        run = client.agents.messages.create_async(agent_id, messages=messages)
-        deadline = time.monotonic() + 30
-        while (status := client.runs.retrieve(run.id).status) not in ("completed", "failed", "cancelled"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        listed = [m for m in client.runs.messages.list(run.id).items if m.message_type != "user_message"]
-        return listed, client.runs.retrieve(run.id).stop_reason or status
-    options: dict[str, Any] = {}
-    if mode == "stream_tokens":
-        options["stream_tokens"] = True
-    if mode == "background":
-        options.update(background=True, stream_tokens=True)
-    if target == "default":
-        stream = client.agents.messages.stream(agent_id, messages=messages, **options)
+def _assert_count(messages: list[Any], expected: int, config: SeedConfig) -> None:
+    if config.openai_reasoning:  # the seed lets a reasoning summary be missing
+        assert len(messages) in (expected, expected - 1), messages
     else:
-        stream = client.conversations.messages.create(conversation_id, messages=messages, **options)
-    chunks = list(stream)
+        assert len(messages) == expected, [m.message_type for m in messages]
+
+
+def _assert_tail(messages: list[Any], index: int) -> None:
+    assert messages[index].message_type == "stop_reason"
+    assert messages[index].stop_reason == "end_turn"
+    index += 1
+    usage = messages[index]
+    assert usage.message_type == "usage_statistics"
+    assert usage.prompt_tokens > 0
+    assert usage.completion_tokens > 0
+    assert usage.total_tokens > 0
+    assert usage.step_count > 0
+
+
+def _reasoning_first(messages: list[Any], index: int, config: SeedConfig) -> tuple[int, int]:
+    otid_suffix = 0
+    if is_reasoner(config) and (
+        not config.openai_reasoning or messages[index].message_type == "reasoning_message"
+    ):
+        assert messages[index].message_type == "reasoning_message"
+        assert messages[index].otid and messages[index].otid[-1] == str(otid_suffix)
+        index += 1
+        otid_suffix += 1
+    return index, otid_suffix
+
+
+def assert_greeting_response(
+    messages: list[Any],
+    config: SeedConfig,
+    streaming: bool = False,
+    token_streaming: bool = False,
+    from_db: bool = False,
+) -> None:
+    """The seed's sequence: [UserMessage] -> [ReasoningMessage] -> AssistantMessage [-> stop, usage]."""
+    messages = _not_ping(messages)
+    _assert_count(messages, get_expected_message_count(config, streaming=streaming, from_db=from_db), config)
+    index = 0
+    if from_db:
+        assert messages[index].message_type == "user_message"
+        assert messages[index].otid == USER_MESSAGE_OTID
+        index += 1
+    index, otid_suffix = _reasoning_first(messages, index, config)
+    assert messages[index].message_type == "assistant_message"
+    if not token_streaming:
+        assert "teamwork" in messages[index].content.lower()
+    assert messages[index].otid and messages[index].otid[-1] == str(otid_suffix)
+    index += 1
+    if streaming:
+        _assert_tail(messages, index)
+
+
+def assert_tool_call_response(
+    messages: list[Any], config: SeedConfig, streaming: bool = False, from_db: bool = False
+) -> None:
+    """The seed's sequence: [UserMessage] -> [ReasoningMessage] -> [AssistantMessage (anthropic)] ->
+    ToolCallMessage -> ToolReturnMessage -> AssistantMessage [-> stop, usage]."""
+    messages = _not_ping(messages)
+    expected = get_expected_message_count(config, tool_call=True, streaming=streaming, from_db=from_db)
+    _assert_count(messages, expected, config)
+    index = 0
+    if from_db:
+        assert messages[index].message_type == "user_message"
+        assert messages[index].otid == USER_MESSAGE_OTID
+        index += 1
+    index, otid_suffix = _reasoning_first(messages, index, config)
+    if config.endpoint_type == "anthropic":
+        assert messages[index].message_type == "assistant_message"
+        assert messages[index].otid and messages[index].otid[-1] == str(otid_suffix)
+        index += 1
+        otid_suffix += 1
+    assert messages[index].message_type == "tool_call_message"
+    assert messages[index].otid and messages[index].otid[-1] == str(otid_suffix)
+    index += 1
+    otid_suffix = 0
+    assert messages[index].message_type == "tool_return_message"
+    assert messages[index].otid and messages[index].otid[-1] == str(otid_suffix)
+    index += 1
+    assert messages[index].message_type == "assistant_message"
+    assert messages[index].otid and messages[index].otid[-1] == str(otid_suffix)
+    index += 1
+    if streaming:
+        _assert_tail(messages, index)
+
+
+def accumulate_chunks(chunks: Any, verify_token_streaming: bool = False) -> list[Any]:
+    """The seed's fold of streamed chunks: one entry per run of chunks of one message type."""
+    messages: list[Any] = []
+    current_message = None
+    prev_message_type = None
+    chunk_count = 0
     for chunk in chunks:
-        if chunk.message_type not in ("stop_reason", "usage_statistics"):
-            assert chunk.run_id, chunk
-    if mode == "background":
-        # A replay from the start is the same stream, and so is one from the middle onward.
-        run_id = chunks[0].run_id
-        replay = list(client.runs.messages.stream(run_id, starting_after=0))
-
-        def shape(items: list[Any]) -> list[tuple[str, str | None, int | None]]:
-            # Pings are made afresh for each reader; everything else is the stored stream.
-            return [
-                (c.message_type, None if c.message_type == "ping" else getattr(c, "id", None), c.seq_id)
-                for c in items
-            ]
-
-        assert shape(replay) == shape(chunks)
-        middle = len(replay) // 2
-        tail = list(client.runs.messages.stream(run_id, starting_after=replay[middle].seq_id))
-        assert all(c.seq_id > replay[middle].seq_id for c in tail if c.seq_id is not None)
-    stop = next(c.stop_reason for c in chunks if c.message_type == "stop_reason")
-    return merged(chunks), stop
+        current_message_type = chunk.message_type
+        if prev_message_type != current_message_type:
+            messages.append(current_message)
+            if (
+                prev_message_type
+                and verify_token_streaming
+                and current_message.message_type
+                in ["reasoning_message", "assistant_message", "tool_call_message"]
+            ):
+                assert chunk_count > 1, f"Expected more than one chunk for {current_message.message_type}"
+            current_message = None
+            chunk_count = 0
+        if current_message is None:
+            current_message = chunk
+        prev_message_type = current_message_type
+        chunk_count += 1
+    messages.append(current_message)
+    return [m for m in messages if m is not None]
 
 
-class _Obj:
-    """Attribute access over a JSON message, like the SDK's models."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.__dict__.update(data)
-
-
-def text_of(messages: list[Any], message_type: str, client_chunks: list[Any] | None = None) -> str:
-    return "".join(getattr(m, "content", "") or "" for m in messages if m.message_type == message_type)
-
-
-@pytest.mark.parametrize(("model", "mode", "target"), CASES)
-def test_greeting(client_module, server, agents, model, mode, target):
-    messages, stop = send(client_module, server.url, agents[model].id, target, mode, GREETING)
-    assert [m.message_type for m in messages] == expected(model, GREETING)
-    assert stop == "end_turn"
-    if mode not in ("stream_tokens", "background"):
-        assert messages[-1].content == "Hello! How can I help you today?"
+def wait_for_run_completion(client: Letta, run_id: str, timeout: float = 30.0, interval: float = 0.1):
+    start = time.monotonic()
+    while True:
+        run = client.runs.retrieve(run_id)
+        if run.status == "completed":
+            return run
+        if run.status == "failed":
+            raise RuntimeError(f"Run {run_id} did not complete: status = {run.status}")
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"Run {run_id} did not complete within {timeout} seconds ({run.status})")
+        time.sleep(interval)
 
 
-@pytest.mark.parametrize(("model", "mode", "target"), CASES)
-def test_roll_dice(client_module, server, agents, model, mode, target):
-    messages, stop = send(client_module, server.url, agents[model].id, target, mode, ROLL_PROMPT)
-    assert [m.message_type for m in messages] == expected(model, ROLL_PROMPT)
-    assert stop == "end_turn"
-    call = next(m for m in messages if m.message_type == "tool_call_message")
-    returned = next(m for m in messages if m.message_type == "tool_return_message")
-    tool_call = call.tool_call if isinstance(call.tool_call, dict) is False else _Obj(call.tool_call)
-    assert tool_call.name == "roll_dice"
-    assert returned.status == "success", returned.tool_return
-    assert 1 <= int(returned.tool_return) <= 16
-    if mode not in ("stream_tokens", "background"):
-        assert tool_call.arguments == '{"num_sides": 16}'
-        assert f"returned: {returned.tool_return}" in messages[-1].content
+@pytest.fixture
+def agent_state(client: Letta):
+    """The seed's agent: no base tools, the roll_dice tool, tagged "test"."""
+    dice_tool = client.tools.upsert(source_code=ROLL_DICE)
+    agent = client.agents.create(
+        agent_type="letta_v1_agent",
+        name="test_agent",
+        include_base_tools=False,
+        tool_ids=[dice_tool.id],
+        model="openai/gpt-4o",
+        embedding="openai/text-embedding-3-small",
+        tags=["test"],
+    )
+    yield agent
+    client.agents.delete(agent.id)
+
+
+def _send(
+    client: Letta, agent_id: str, send_type: str, messages: list[dict[str, Any]]
+) -> tuple[list[Any], str]:
+    if send_type == "step":
+        response = client.agents.messages.create(agent_id=agent_id, messages=messages)
+        return list(response.messages), response.messages[0].run_id
+    if send_type == "async":
+        run = client.agents.messages.create_async(agent_id=agent_id, messages=messages)
+        run = wait_for_run_completion(client, run.id)
+        listed = [m for m in client.runs.messages.list(run_id=run.id) if m.message_type != "user_message"]
+        return listed, run.id
+    response = client.agents.messages.stream(
+        agent_id=agent_id,
+        messages=messages,
+        stream_tokens=(send_type == "stream_tokens"),
+        background=(send_type == "stream_tokens_background"),
+    )
+    chunks = accumulate_chunks(response)
+    return chunks, chunks[0].run_id
+
+
+@pytest.mark.parametrize("llm_config", TESTED_LLM_CONFIGS, ids=[c.name for c in TESTED_LLM_CONFIGS])
+@pytest.mark.parametrize("send_type", SEND_TYPES)
+def test_greeting(client: Letta, agent_state, llm_config: SeedConfig, send_type: str) -> None:
+    last_message = client.agents.messages.list(agent_id=agent_state.id, limit=1)
+    agent_state = client.agents.update(agent_id=agent_state.id, **llm_config.update)
+    messages, run_id = _send(client, agent_state.id, send_type, USER_MESSAGE_FORCE_REPLY)
+    assert_greeting_response(
+        messages,
+        llm_config,
+        streaming=("stream" in send_type),
+        token_streaming=(send_type == "stream_tokens"),
+    )
+    if "background" in send_type:
+        replayed = accumulate_chunks(client.runs.messages.stream(run_id, starting_after=0))
+        assert_greeting_response(
+            replayed,
+            llm_config,
+            streaming=("stream" in send_type),
+            token_streaming=(send_type == "stream_tokens"),
+        )
+    messages_from_db = client.agents.messages.list(agent_id=agent_state.id, after=last_message.items[0].id)
+    assert_greeting_response(list(messages_from_db), llm_config, from_db=True)
+    assert run_id is not None
+    assert client.runs.retrieve(run_id=run_id).status == "completed"
+
+
+@pytest.mark.parametrize("llm_config", TESTED_LLM_CONFIGS, ids=[c.name for c in TESTED_LLM_CONFIGS])
+@pytest.mark.parametrize("send_type", SEND_TYPES)
+def test_tool_call(client: Letta, agent_state, llm_config: SeedConfig, send_type: str) -> None:
+    last_message = client.agents.messages.list(agent_id=agent_state.id, limit=1)
+    agent_state = client.agents.update(agent_id=agent_state.id, **llm_config.update)
+    messages, run_id = _send(client, agent_state.id, send_type, USER_MESSAGE_ROLL_DICE)
+    assert_tool_call_response(messages, llm_config, streaming=("stream" in send_type))
+    if "background" in send_type:
+        replayed = accumulate_chunks(client.runs.messages.stream(run_id, starting_after=0))
+        assert_tool_call_response(replayed, llm_config, streaming=("stream" in send_type))
+    messages_from_db = client.agents.messages.list(agent_id=agent_state.id, after=last_message.items[0].id)
+    assert_tool_call_response(list(messages_from_db), llm_config, from_db=True)
+    assert run_id is not None
+    assert client.runs.retrieve(run_id=run_id).status == "completed"
+
+
+OPENAI_REASONERS = [c for c in TESTED_LLM_CONFIGS if c.openai_reasoning]
+
+
+@pytest.mark.parametrize("llm_config", OPENAI_REASONERS, ids=[c.name for c in OPENAI_REASONERS])
+def test_openai_reasoning_summary_shows_at_high_effort_only(
+    client: Letta, agent_state, llm_config: SeedConfig
+) -> None:
+    """Not the seed's: it lets an OpenAI reasoning summary be missing, so this pins that the fake
+    provider's one does show at high effort (before the tool call only) and not at medium."""
+    agent_state = client.agents.update(agent_id=agent_state.id, **llm_config.update)
+    messages, _ = _send(client, agent_state.id, "step", USER_MESSAGE_ROLL_DICE)
+    kinds = [m.message_type for m in _not_ping(messages)]
+    turn = ["tool_call_message", "tool_return_message", "assistant_message"]
+    assert kinds == (["reasoning_message", *turn] if is_reasoner(llm_config) else turn)

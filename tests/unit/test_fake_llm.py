@@ -304,7 +304,10 @@ def test_responses_stream_event_order(oai: openai.OpenAI) -> None:
 
 def test_responses_stream_reasoning_and_function_call(oai: openai.OpenAI) -> None:
     with oai.responses.stream(
-        model="gpt-test", input="call roll_dice", tools=RESPONSES_TOOLS, reasoning={"effort": "low"}
+        model="gpt-test",
+        input="call roll_dice",
+        tools=RESPONSES_TOOLS,
+        reasoning={"effort": "low", "summary": "auto"},
     ) as stream:
         kinds = {e.type for e in stream}
         final = stream.get_final_response()
@@ -314,6 +317,66 @@ def test_responses_stream_reasoning_and_function_call(oai: openai.OpenAI) -> Non
         "response.function_call_arguments.done",
     } <= kinds
     assert [item.type for item in final.output] == ["reasoning", "function_call"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_responses_reasoning_without_a_summary_asked(oai: openai.OpenAI, stream: bool) -> None:
+    """The model reasons all the same (an item, its tokens billed) but hands out no summary."""
+    request: dict[str, Any] = {
+        "model": "gpt-test",
+        "input": "think about tides",
+        "reasoning": {"effort": "high"},
+    }
+    if stream:
+        with oai.responses.stream(**request) as events:
+            kinds = [e.type for e in events]
+            response = events.get_final_response()
+        assert not [k for k in kinds if k.startswith("response.reasoning_summary")]
+        assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 2
+    else:
+        response = oai.responses.create(**request)
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.output[0].summary == []
+    assert response.output_text == "I thought about tides."
+    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_responses_no_summary_on_the_answer_to_a_tool_result(oai: openai.OpenAI, stream: bool) -> None:
+    """The call that answers a function_call_output continues the turn: its reasoning item comes
+    without a summary, though one is asked for."""
+    reasoning = {"effort": "high", "summary": "auto"}
+    first = oai.responses.create(
+        model="gpt-test", input="call roll_dice", tools=RESPONSES_TOOLS, reasoning=reasoning
+    )
+    assert [item.type for item in first.output] == ["reasoning", "function_call"]
+    assert first.output[0].summary
+    call = first.output[1]
+    request: dict[str, Any] = {
+        "model": "gpt-test",
+        "tools": RESPONSES_TOOLS,
+        "reasoning": reasoning,
+        "input": [
+            {"role": "user", "content": "call roll_dice"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "5"},
+        ],
+    }
+    if stream:
+        with oai.responses.stream(**request) as events:
+            kinds = [e.type for e in events]
+            second = events.get_final_response()
+        assert not [k for k in kinds if k.startswith("response.reasoning_summary")]
+    else:
+        second = oai.responses.create(**request)
+    assert [item.type for item in second.output] == ["reasoning", "message"]
+    assert second.output[0].summary == []
+    assert second.output_text == "Tool roll_dice returned: 5"
 
 
 def test_responses_function_call_round_trip(oai: openai.OpenAI) -> None:

@@ -232,13 +232,15 @@ def test_stream_is_plain_data_events_ending_with_done() -> None:
     assert body[5]["total_tokens"] == 17
     assert body[5]["step_count"] == 1
     assert body[5]["run_ids"] == [RUN_ID]
-    assert [b["seq_id"] for b in body] == [1, 2, 2, 2, 3, 3]
+    # Every chunk has its own number, [DONE] (7) included.
+    assert [b["seq_id"] for b in body] == [1, 2, 3, 4, 5, 6]
 
 
 def test_render_batch_equals_chunks_concatenated() -> None:
-    renderer = StreamRenderer(include_pings=False)
     events = full_run(assistant_turn())
-    assert renderer.render(events) == b"".join(c for e in events for c in renderer.chunks(e))
+    one = StreamRenderer(include_pings=False)  # a renderer numbers what it saw: one for each way
+    other = StreamRenderer(include_pings=False)
+    assert one.render(events) == b"".join(c for e in events for c in other.chunks(e))
 
 
 def test_error_event_only_for_a_stop_with_error() -> None:
@@ -253,12 +255,47 @@ def test_error_event_only_for_a_stop_with_error() -> None:
         "error_type": "llm_rate_limit",
         "message": "slow down",
         "detail": "429",
-        "seq_id": 2,
+        "seq_id": 3,
     }
     letta_types.LettaErrorMessage.model_validate(err)
     assert types_of(raw) == ["stop_reason", "usage_statistics"]
     assert payloads(raw)[0]["stop_reason"] == "error"
     assert events[-1].data == "[DONE]"
+
+
+def test_every_starting_after_of_a_finished_run_gives_the_chunks_above_it() -> None:
+    error = RunError(error_type="llm_rate_limit", message="slow down", detail="429")
+    run = [*full_run(assistant_turn())[:2], stopped(3, error), Done(run_id=RUN_ID, seq=4)]
+
+    def numbered(raw: bytes) -> list[tuple[str, int]]:
+        events = decode(raw)
+        assert events[-1].data == "[DONE]"
+        shown = [(e.json()["message_type"], e.json()["seq_id"]) for e in events[:-1]]
+        return [*shown, ("[DONE]", 0)]
+
+    whole = numbered(StreamRenderer().render(run))
+    assert [n for _, n in whole[:-1]] == list(range(1, len(whole)))  # [DONE] takes the next one
+    for after in range(len(whole) + 2):
+        resumed = numbered(StreamRenderer(starting_after=after).render(run))
+        assert resumed == [c for c in whole[:-1] if c[1] > after] + [("[DONE]", 0)]
+
+
+def test_numbers_do_not_depend_on_what_a_reader_shows() -> None:
+    run = full_run(assistant_turn())
+    everything = payloads(StreamRenderer().render(run))
+    shown = payloads(StreamRenderer(include_pings=False, include_types=["assistant_message"]).render(run))
+    by_type = {b["message_type"]: b["seq_id"] for b in everything}
+    assert [(b["message_type"], b["seq_id"]) for b in shown] == [
+        (t, by_type[t]) for t in ("assistant_message", "stop_reason", "usage_statistics")
+    ]
+
+
+def test_keepalive_ping_takes_no_number() -> None:
+    renderer = StreamRenderer()
+    first = payloads(renderer.render([RunStarted(run_id=RUN_ID, seq=1), Ping(run_id=RUN_ID, seq=1)]))
+    assert [b["seq_id"] for b in first] == [1, 1]
+    later = payloads(renderer.render([MessageDone(message=assistant_turn(), seq=2)]))
+    assert [b["seq_id"] for b in later] == [2, 3, 4]
 
 
 def test_pings_dropped_when_not_wanted() -> None:

@@ -104,7 +104,7 @@ def test_encode_builds_a_responses_body() -> None:
             }
         ],
         "max_output_tokens": 500,
-        "reasoning": {"effort": "medium", "summary": "auto"},
+        "reasoning": {"effort": "medium"},  # no summary below high effort
         "store": False,
     }  # no temperature: reasoning models refuse it
 
@@ -113,6 +113,12 @@ def test_encode_minimal_request_and_effort() -> None:
     body = encode(request(msg("user", TextPart(text="hi")), reasoning_effort="high")).body
     assert body["reasoning"] == {"effort": "high", "summary": "auto"}
     assert "tools" not in body and "max_output_tokens" not in body
+
+
+@pytest.mark.parametrize("effort", ["minimal", "low", "medium", None])
+def test_a_summary_is_asked_for_only_at_high_effort(effort: str | None) -> None:
+    body = encode(request(msg("user", TextPart(text="hi")), reasoning_effort=effort)).body
+    assert body["reasoning"] == {"effort": effort or "medium"}
 
 
 def test_an_assistant_turn_with_only_a_tool_call_has_no_message_item() -> None:
@@ -205,7 +211,8 @@ async def collect(provider: OpenAIResponsesProvider, req: ModelRequest) -> list[
 
 
 def test_complete_gives_reasoning_then_text(fake: FakeLLMProcess) -> None:
-    response = run(fake, lambda p: p.complete(request(msg("user", TextPart(text="hello")))))
+    req = request(msg("user", TextPart(text="hello")), reasoning_effort="high")
+    response = run(fake, lambda p: p.complete(req))
     assert [type(p) for p in response.parts] == [ReasoningPart, TextPart]
     reasoning, text = response.parts
     assert isinstance(reasoning, ReasoningPart) and reasoning.source == "reasoner_model" and reasoning.text
@@ -214,8 +221,23 @@ def test_complete_gives_reasoning_then_text(fake: FakeLLMProcess) -> None:
     assert response.finish == "stop"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_below_high_effort_the_reasoning_has_no_summary(fake: FakeLLMProcess, stream: bool) -> None:
+    req = request(msg("user", TextPart(text="think about tides")), reasoning_effort="medium")
+    if stream:
+        *deltas, final = run(fake, lambda p: collect(p, req))
+        assert {d.part for d in deltas if isinstance(d, ModelDelta)} == {"text"}
+    else:
+        final = run(fake, lambda p: p.complete(req))
+    assert isinstance(final, ModelResponse)
+    assert [type(p) for p in final.parts] == [TextPart]
+    assert final.parts[0].text == "I thought about tides."  # type: ignore[union-attr]
+    assert final.completion_tokens > len(final.parts[0].text.split())  # it reasoned all the same
+
+
 def test_stream_deltas_add_up_to_the_final_parts(fake: FakeLLMProcess) -> None:
-    items = run(fake, lambda p: collect(p, request(msg("user", TextPart(text="think about tides")))))
+    req = request(msg("user", TextPart(text="think about tides")), reasoning_effort="high")
+    items = run(fake, lambda p: collect(p, req))
     *deltas, final = items
     assert isinstance(final, ModelResponse)
     assert all(isinstance(d, ModelDelta) for d in deltas)
@@ -233,8 +255,9 @@ def test_stream_deltas_add_up_to_the_final_parts(fake: FakeLLMProcess) -> None:
 
 def test_tool_call_then_tool_result(fake: FakeLLMProcess) -> None:
     user = msg("user", TextPart(text='call roll_dice with {"num_sides": 16}'))
-    first = run(fake, lambda p: p.complete(request(user, tools=[DICE])))
+    first = run(fake, lambda p: p.complete(request(user, tools=[DICE], reasoning_effort="high")))
     assert first.finish == "tool_calls"
+    assert [type(p) for p in first.parts] == [ReasoningPart, ToolCallPart]
     call = first.parts[-1]
     assert isinstance(call, ToolCallPart)
     assert (call.name, json.loads(call.arguments)) == ("roll_dice", {"num_sides": 16})
@@ -245,9 +268,10 @@ def test_tool_call_then_tool_result(fake: FakeLLMProcess) -> None:
         msg("assistant", *first.parts),
         msg("tool", ToolReturnPart(tool_call_id=call.id, name="roll_dice", content="11")),
     ]
-    second = run(fake, lambda p: p.complete(request(*history, tools=[DICE])))
+    second = run(fake, lambda p: p.complete(request(*history, tools=[DICE], reasoning_effort="high")))
     assert second.finish == "stop"
-    assert isinstance(second.parts[-1], TextPart)
+    # The turn's reasoning was summarized before the call: the answer to its result has no summary.
+    assert [type(p) for p in second.parts] == [TextPart]
     assert second.parts[-1].text == "Tool roll_dice returned: 11"
 
 
