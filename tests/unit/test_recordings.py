@@ -8,6 +8,7 @@ with the fake stopped.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import sqlite3
@@ -21,7 +22,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from parley.fake_llm import FakeLLMThread
+from parley.fake_llm import FakeLLMOptions, FakeLLMThread
+from parley.fake_llm.recorded_timing import RecordedTimings
 from runtime.message import Message, TextPart
 from runtime.providers.base import ModelDelta, ModelRequest, ModelResponse, ProviderError, ToolSchema
 from runtime.providers.encoding import encode
@@ -283,3 +285,27 @@ def test_recordings_cli_lists_and_shows(fake: FakeLLMThread, tmp_path: Path) -> 
     assert json.loads(shown.stdout)["hash"] == row.hash
     missing = parley("show", "ffffffffffff")
     assert missing.returncode != 0 and "ffffffffffff" in missing.stderr
+
+
+def test_the_fake_provider_can_take_its_timing_from_recordings(fake: FakeLLMThread, tmp_path: Path) -> None:
+    """``parley bench --replay DIR``'s provider: scripted replies, recorded first-byte wait and gaps."""
+
+    async def stream(base_url: str, rec: Recorder | None, text: str) -> list[float]:
+        body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": text}]}
+        arrived: list[float] = []
+        client = rec.client(httpx2.AsyncClient) if rec else httpx2.AsyncClient()
+        async with client:
+            started = time.monotonic()
+            async with client.stream("POST", f"{base_url}/chat/completions", json=body) as answer:
+                async for _ in answer.aiter_raw():
+                    arrived.append(time.monotonic() - started)
+        return arrived
+
+    asyncio.run(stream(fake.openai_base_url, recorder(tmp_path, "record"), "[[token_delay=0.12]] count to 5"))
+    timings = RecordedTimings.load(str(tmp_path))
+    (timing,) = timings.timings
+    assert len(timing.gaps) >= 4 and all(abs(g - 0.12) < 0.05 for g in timing.gaps[1:])
+    with FakeLLMThread(FakeLLMOptions(timings=timings)) as paced:
+        arrived = asyncio.run(stream(paced.openai_base_url, None, "count to 9"))
+    gaps = [b - a for a, b in itertools.pairwise(arrived)]
+    assert sum(abs(g - 0.12) < 0.03 for g in gaps) >= 6, gaps
