@@ -28,6 +28,7 @@ from runtime.providers.base import (
     ProviderError,
 )
 from runtime.providers.encoding import encode
+from runtime.providers.recording.transport import Recorder
 from runtime.providers.registry import ProviderRegistry
 from runtime.providers.retry import RetryPolicy
 from runtime.settings import ProviderCredentials, Settings
@@ -47,6 +48,7 @@ class ProviderActor:
             credentials,
             timeout=settings.provider_timeout_seconds,
             retry=RetryPolicy.from_settings(settings),
+            recorder=Recorder.from_settings(settings, credentials.secrets()),
         )
 
     @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn

@@ -87,6 +87,13 @@ def _common(
         help=f"fake provider: seconds between streamed tokens ({token_delay})",
     )
     g.add_argument(
+        "--replay",
+        metavar="DIR",
+        help="fake provider: answer with the recorded timing (first byte, gaps between chunks) of the\n"
+        "calls in this recordings directory (made with parley serve --inference-mode record),\n"
+        "in turn, instead of --latency and --token-delay",
+    )
+    g.add_argument(
         "--reply-words",
         type=int,
         default=reply_words,
@@ -331,6 +338,7 @@ def main(argv: list[str] | None = None, prog: str = "parley bench") -> int:
         data_dir=args.data_dir,
         log=log,
         server=args.scenario != "cluster",  # it starts one per node count
+        replay=args.replay,
     )
     try:
         with rig:

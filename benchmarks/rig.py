@@ -122,8 +122,10 @@ class Rig:
         data_dir: str | None = None,
         log: Callable[[str], None] = print,
         server: bool = True,
+        replay: str | None = None,
     ) -> None:
         self.given_url = url
+        self.replay = replay  # a recordings directory whose call timing the fake provider takes
         self.want_server = server  # False: the scenario starts servers itself (start_cluster)
         self.latency = latency
         self.token_delay = token_delay
@@ -157,10 +159,15 @@ class Rig:
         # A conversation's history grows with every turn; the provider's context check is not
         # what is measured here.
         fake_args += ["--max-context-tokens", str(MAX_CONTEXT_TOKENS)]
+        if self.replay:
+            fake_args += ["--timing-from", self.replay]
         self.fake = start_fake_llm(*fake_args)
-        self.log(
-            f"fake provider at {self.fake.url} (latency {self.latency} s, token delay {self.token_delay} s)"
+        pacing = (
+            f"timing of the calls recorded in {self.replay}"
+            if self.replay
+            else f"latency {self.latency} s, token delay {self.token_delay} s"
         )
+        self.log(f"fake provider at {self.fake.url} ({pacing})")
         if self.want_proxy:
             self.proxy = start_proxy(self.fake.url)
             self.log(f"bare proxy at {self.proxy.url}")

@@ -1,6 +1,7 @@
 """``parley``: the command line.
 
     parley serve [--host H] [--port P] [--data-dir D] [--store URL] [--address ADDR]
+    parley recordings {list,show HASH} [--recordings DIR]
     parley fake-llm [--port P] [--latency S] [--token-delay S] ...
     parley bench {overhead,scale,churn,contention,memory,cluster} [...]
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from runtime.providers.recording.modes import INFERENCE_MODES, REPLAY_TIMINGS
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,6 +35,9 @@ def _serve(args: argparse.Namespace) -> int:
         target_ongoing_requests=args.target_ongoing_requests,
         api_key=args.api_key,
         drain_seconds=args.drain_seconds,
+        inference_mode=args.inference_mode,
+        recordings_dir=args.recordings,
+        replay_timing=args.replay_timing,
     )
     ready_fd = os.environ.pop(READY_FD_VARIABLE, None)
     if ready_fd is None:  # the command as typed: supervise a driver running this same command
@@ -41,6 +47,12 @@ def _serve(args: argparse.Namespace) -> int:
     from parley.server import drive
 
     return drive(settings, ProviderCredentials.from_env(), int(ready_fd))
+
+
+def _recordings(args: argparse.Namespace) -> int:
+    from parley.recordings import main as recordings_main
+
+    return recordings_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +92,37 @@ def main(argv: list[str] | None = None) -> int:
         help="on SIGTERM/SIGINT, let running turns end for this long, then cancel them "
         "(default 20; PARLEY_DRAIN_SECONDS); a second signal stops at once",
     )
+    serve.add_argument(
+        "--inference-mode",
+        choices=INFERENCE_MODES,
+        help="live calls the provider; record keeps every answer; replay answers only from recordings;"
+        " record-if-missing records what replay lacks (default live; PARLEY_INFERENCE_MODE)",
+    )
+    serve.add_argument(
+        "--recordings",
+        metavar="DIR",
+        help="the recordings directory (default <data-dir>/recordings; PARLEY_RECORDINGS_DIR)",
+    )
+    serve.add_argument(
+        "--replay-timing",
+        choices=REPLAY_TIMINGS,
+        help="instant, or recorded: replay with the recorded delays (default instant; PARLEY_REPLAY_TIMING)",
+    )
     serve.set_defaults(run=_serve)
+
+    recordings = commands.add_parser("recordings", help="list or show recorded provider calls")
+    actions = recordings.add_subparsers(dest="action", required=True)
+    for action in (
+        actions.add_parser("list", help="every recording, oldest first"),
+        actions.add_parser("show", help="one recording's JSON file"),
+    ):
+        action.add_argument(
+            "--recordings",
+            metavar="DIR",
+            help="the recordings directory (default PARLEY_RECORDINGS_DIR, else ~/.parley/recordings)",
+        )
+    actions.choices["show"].add_argument("hash", help="the request hash, or enough of its start")
+    recordings.set_defaults(run=_recordings)
 
     commands.add_parser(
         "fake-llm", help="run the deterministic fake LLM provider (OpenAI + Anthropic wire)", add_help=False

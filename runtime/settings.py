@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
+from .providers.recording.modes import InferenceMode, ReplayTiming
+
 ENV_PREFIX = "PARLEY_"
 
 
@@ -46,6 +48,11 @@ class ProviderCredentials(BaseModel):
             anthropic_base_url=env.get("ANTHROPIC_BASE_URL"),
             endpoint_keys={urls[name]: key for name, key in keys.items() if name in urls},
         )
+
+    def secrets(self) -> list[str]:
+        """Every key set here, longest first (so that one containing another is replaced whole)."""
+        keys = {self.openai_api_key, self.anthropic_api_key, *self.endpoint_keys.values()}
+        return sorted((k for k in keys if k), key=len, reverse=True)
 
     def __repr__(self) -> str:  # never print keys
         return "ProviderCredentials(...)"
@@ -96,6 +103,15 @@ class Settings(BaseModel):
     provider_timeout_seconds: float = 300.0
     provider_backoff_seconds: float = 0.5
     provider_max_retry_after_seconds: float = 60.0
+    # Record-replay of provider calls (runtime.providers.recording): "live" calls the provider,
+    # "record" calls it and keeps every answer, "replay" answers only from recordings (a request
+    # with none fails its run at once, naming its hash; the network is never used),
+    # "record-if-missing" replays what it has and records the rest.
+    inference_mode: InferenceMode = "live"
+    recordings_dir: str | None = None  # default: <data_dir>/recordings
+    # "instant": replayed answers come as fast as they are read; "recorded": with the recorded
+    # wait for the headers and between streamed chunks.
+    replay_timing: ReplayTiming = "instant"
     # The model of an OpenAI-surface response that names none; a bare model name means openai/<name>.
     openai_default_model: str = "openai/gpt-4o-mini"
     tool_timeout_seconds: float = 60.0  # a tool call still running after this is killed
@@ -124,6 +140,10 @@ class Settings(BaseModel):
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{Path(self.data_dir).expanduser() / 'parley.db'}"
+
+    @property
+    def resolved_recordings_dir(self) -> str:
+        return str(Path(self.recordings_dir or Path(self.data_dir) / "recordings").expanduser())
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

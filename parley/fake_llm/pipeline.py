@@ -15,6 +15,7 @@ from .conversation import BadRequest, Conversation
 from .directives import Directives, extract_directives
 from .failures import Failure, bad_request, context_too_long, failure_for_status
 from .options import OPTIONS_KEY, FakeLLMOptions
+from .recorded_timing import CallTiming
 from .script import Reply, decide
 from .sse import PacedStream, StreamCut, drop_connection, reset_connection
 from .tokens import estimate_tokens, split_tokens, tokens_for_chars
@@ -74,7 +75,9 @@ async def _serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     if directives.hang:
         await _wait_for_disconnect(request)
         return web.Response()  # nobody is listening any more
-    latency = options.latency if directives.latency is None else directives.latency
+    recorded = options.timings.take() if options.timings is not None else None
+    latency = options.latency if recorded is None else recorded.first_byte
+    latency = latency if directives.latency is None else directives.latency
     if latency > 0:
         await asyncio.sleep(latency)
     if directives.reset and directives.reset_after is None:
@@ -95,7 +98,8 @@ async def _serve(request: web.Request, dialect: Dialect) -> web.StreamResponse:
             await asyncio.sleep(directives.stall)
         return dialect.render(exchange)
 
-    delay = options.token_delay if directives.token_delay is None else directives.token_delay
+    delay: float | CallTiming = options.token_delay if recorded is None else recorded
+    delay = delay if directives.token_delay is None else directives.token_delay
     out = PacedStream(
         request, delay, directives.cut, directives.reset_after, directives.stall, directives.stall_after
     )

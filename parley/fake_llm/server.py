@@ -15,6 +15,7 @@ from .anthropic_wire import MESSAGES, count_tokens
 from .openai_wire import CHAT
 from .options import OPTIONS_KEY, FakeLLMOptions
 from .pipeline import make_handler
+from .recorded_timing import RecordedTimings
 from .responses_wire import RESPONSES
 from .stats import STATS_KEY, Stats, counted
 
@@ -65,6 +66,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before the first byte")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
     parser.add_argument("--max-context-tokens", type=int, default=32_000)
+    parser.add_argument(
+        "--timing-from",
+        metavar="DIR",
+        help="a recordings directory: answer with the latency and token gaps of its recorded calls",
+    )
     return parser.parse_args(argv)
 
 
@@ -85,7 +91,10 @@ async def _serve_until_signalled(host: str, port: int, options: FakeLLMOptions) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options = FakeLLMOptions(
-        latency=args.latency, token_delay=args.token_delay, max_context_tokens=args.max_context_tokens
+        latency=args.latency,
+        token_delay=args.token_delay,
+        max_context_tokens=args.max_context_tokens,
+        timings=RecordedTimings.load(args.timing_from) if args.timing_from else None,
     )
     try:
         asyncio.run(_serve_until_signalled(args.host, args.port, options))

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .recorded_timing import CallTiming
+
 # One shared encoder: json.dumps() with custom separators builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _encode_str = encode_basestring_ascii  # the C escaper json uses internally, minus the overhead
@@ -84,7 +86,7 @@ class PacedStream:
     def __init__(
         self,
         request: web.Request,
-        token_delay: float,
+        token_delay: float | CallTiming,
         cut: int | None,
         reset: int | None = None,
         stall: float | None = None,
@@ -94,11 +96,15 @@ class PacedStream:
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
         )
         self._request = request
-        self._delay = token_delay
         self._cut = cut
         self._reset = reset
         self._stall = stall
         self._stall_after = stall_after
+        # A recorded call's timing gives each gap its own length (``CallTiming.gap``).
+        self._gaps = token_delay if isinstance(token_delay, CallTiming) else None
+        if self._gaps is not None:
+            token_delay = max(self._gaps.gaps, default=0.0)
+        self._delay = token_delay
         self._paced = token_delay > 0 or cut is not None or reset is not None or stall is not None
         self._buffer: list[str] = []
         self._tokens = 0
@@ -121,7 +127,7 @@ class PacedStream:
             await self._before_token()
             if self._delay > 0 and self._tokens > 0:
                 await self._flush()
-                await asyncio.sleep(self._delay)
+                await asyncio.sleep(self._gaps.gap(self._tokens) if self._gaps else self._delay)
             self._buffer.append(frame)
             self._tokens += 1
             self._after_last_token = len(self._buffer)

@@ -10,6 +10,7 @@ import anthropic
 from ..message import ReasoningPart, TextPart, ToolCallPart
 from .anthropic_format import encode
 from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
+from .recording.transport import Recorder, http_client
 from .sdk_errors import as_provider_error
 
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length"}
@@ -22,11 +23,13 @@ class AnthropicProvider:
         base_url: str | None = None,
         max_retries: int = 2,
         timeout: float = 300.0,
+        recorder: Recorder | None = None,
     ) -> None:
         self._api_key = api_key
         self._base_url = base_url
         self._max_retries = max_retries
         self._timeout = timeout
+        self._recorder = recorder
         self._clients: dict[str | None, anthropic.AsyncAnthropic] = {}
 
     def _client(self, endpoint: str | None) -> anthropic.AsyncAnthropic:
@@ -40,7 +43,7 @@ class AnthropicProvider:
                 base_url=base_url,
                 max_retries=self._max_retries,
                 timeout=self._timeout,
-                http_client=anthropic.DefaultAioHttpClient(),
+                http_client=http_client(anthropic.DefaultAioHttpClient, self._recorder),
             )
             self._clients[base_url] = client
         return client

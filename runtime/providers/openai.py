@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ..message import TextPart, ToolCallPart
 from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
 from .openai_format import encode
+from .recording.transport import Recorder, http_client
 from .sdk_errors import as_provider_error
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -35,12 +36,14 @@ class OpenAIProvider:
         max_retries: int = 2,
         timeout: float = 300.0,
         endpoint_keys: dict[str, str] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._api_key = api_key
         self._endpoint_keys = endpoint_keys or {}
         self._base_url = base_url
         self._max_retries = max_retries
         self._timeout = timeout
+        self._recorder = recorder
         self._clients: dict[str | None, openai.AsyncOpenAI] = {}
 
     def _client(self, endpoint: str | None) -> openai.AsyncOpenAI:
@@ -55,7 +58,7 @@ class OpenAIProvider:
                 base_url=base_url,
                 max_retries=self._max_retries,
                 timeout=self._timeout,
-                http_client=openai.DefaultAioHttpClient(),
+                http_client=http_client(openai.DefaultAioHttpClient, self._recorder),
             )
             self._clients[base_url] = client
         return client

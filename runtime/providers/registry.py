@@ -8,6 +8,7 @@ from typing import Any
 
 from ..settings import ProviderCredentials
 from .base import EncodedRequest, ModelDelta, ModelResponse, ProviderError
+from .recording.transport import Recorder
 from .retry import RetryPolicy, complete_with_retries, stream_with_retries
 
 KNOWN_PROVIDERS = ("openai", "anthropic")
@@ -16,6 +17,7 @@ KNOWN_PROVIDERS = ("openai", "anthropic")
 class ProviderRegistry:
     """Sends encoded requests to the adapter of their provider; adapters are built on first use.
 
+    ``recorder`` (record-replay inference) sits under every adapter's SDK client; None is live.
     Failed calls are retried here, by ``retry`` (``max_retries`` when no policy is given): the
     adapters' SDK clients never retry on their own (see ``retry.py``).
     """
@@ -26,6 +28,7 @@ class ProviderRegistry:
         max_retries: int = 2,
         timeout: float = 300.0,
         retry: RetryPolicy | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._credentials = credentials
         self._retry = retry or RetryPolicy(max_retries=max_retries)
@@ -33,19 +36,8 @@ class ProviderRegistry:
         self._adapters: dict[str, Any] = {}
         # Keys a provider's error text might quote back (a compatible server echoing the key it
         # refused): they never reach a run's error, a response or a log line.
-        self._secrets = sorted(
-            {
-                k
-                for k in (
-                    credentials.openai_api_key,
-                    credentials.anthropic_api_key,
-                    *credentials.endpoint_keys.values(),
-                )
-                if k and len(k) >= 6
-            },
-            key=len,
-            reverse=True,
-        )
+        self._secrets = [k for k in credentials.secrets() if len(k) >= 6]
+        self._recorder = recorder
 
     def adapter(self, provider: str) -> Any:
         """The provider's adapter (``OpenAIProvider``, ``OpenAIResponsesProvider``,
@@ -69,11 +61,14 @@ class ProviderRegistry:
                 0,  # retried by this registry
                 self._timeout,
                 creds.endpoint_keys,
+                recorder=self._recorder,
             )
         if provider == "anthropic":
             from .anthropic import AnthropicProvider
 
-            return AnthropicProvider(creds.anthropic_api_key, creds.anthropic_base_url, 0, self._timeout)
+            return AnthropicProvider(
+                creds.anthropic_api_key, creds.anthropic_base_url, 0, self._timeout, recorder=self._recorder
+            )
         raise ProviderError(f"unknown provider {provider!r}", "not_found")
 
     async def aclose(self) -> None:

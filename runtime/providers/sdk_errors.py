@@ -30,7 +30,13 @@ def as_provider_error(
     exc: Exception, sdk: ModuleType, provider: str, timeout: float | None = None
 ) -> ProviderError:
     """The ``ProviderError`` for an SDK or transport exception; anything else (a bug of ours) is
-    raised again as it is. ``timeout`` is the client's timeout, for the message of a timeout."""
+    raised again as it is. ``timeout`` is the client's timeout, for the message of a timeout.
+
+    A ``ProviderError`` raised under the SDK, by our own transport (a replay with no recording),
+    is that error itself: the SDK's wrapping of it as a connection error would have it retried."""
+    own = next((e for e in _chain(exc) if isinstance(e, ProviderError)), None)
+    if own is not None:
+        return own
     if isinstance(exc, sdk.APIError) or is_transport_error(exc):
         return provider_error_from(exc, sdk, provider, timeout)
     raise exc

@@ -38,7 +38,7 @@ from . import ids
 from .conversation_routes import ALL, cursor_page, is_compiled_prompt
 from .home import home_agent, invalid, load_conversation, model_handle
 from .items import items_of, parse_input
-from .responses import response_object
+from .responses import created_response, response_object
 from .stream import ResponseStream, sse
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,12 @@ async def response_for(services: Services, run: Run) -> dict[str, Any]:
     )
 
 
+def created_for(run: Run) -> dict[str, Any]:
+    """The response as it was created, whatever ``run`` has done since (see ``created_response``)."""
+    echo = run.request_config["openai"]
+    return created_response(run, model=echo["model"], conversation_id=echo.get("conversation"), request=echo)
+
+
 # --- routes ---------------------------------------------------------------------------------------
 @router.post("/responses", response_model=None, responses=STREAMING)
 async def create_response(
@@ -332,7 +338,9 @@ async def _all_events(services: Services, stream: RunStream, run_id: str) -> Asy
     try:
         run = await services.store.get_run(run_id)
         assert run is not None, run_id
-        renderer = ResponseStream(await response_for(services, run))
+        # The run may already be past its start (or finished) by now: the stream opens with the
+        # response as created, never with this read's progress.
+        renderer = ResponseStream(created_for(run))
         for event in renderer.start():
             yield event
         async for batch in _batches(stream):

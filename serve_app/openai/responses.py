@@ -118,3 +118,18 @@ def response_object(
         "conversation": {"id": ids.to_openai_conversation(conversation_id)} if conversation_id else None,
         **_echoes(request),
     }
+
+
+def created_response(
+    run: Run, *, model: str, conversation_id: str | None, request: dict[str, Any]
+) -> dict[str, Any]:
+    """The response as it was when created: ``in_progress``, no output, usage, error or completion,
+    however far ``run`` has got since. ``response.created`` and ``response.in_progress`` carry this
+    snapshot; rendering it from the run's current state would let a fast provider's progress (the
+    run may have finished before the stream first reads it) leak into the stream's first events."""
+    as_created = run.model_copy(
+        update={"status": RunStatus.created, "stop_reason": None, "completed_at": None, "usage": Usage()}
+    )
+    return response_object(
+        as_created, model=model, output=[], conversation_id=conversation_id, request=request
+    )

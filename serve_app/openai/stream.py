@@ -86,11 +86,18 @@ def _item_from_state(state: _ItemState) -> Item:
 
 
 class ResponseStream:
-    """Renders one response's SSE events; ``sequence_number`` runs 0, 1, 2, ... across all calls."""
+    """Renders one response's SSE events; ``sequence_number`` runs 0, 1, 2, ... across all calls.
 
-    def __init__(self, snapshot: dict[str, Any]) -> None:
-        # Items in the created snapshot would take output indexes of their own (§7.4 rule 3).
-        self.snapshot = {**snapshot, "status": "in_progress", "output": []}
+    ``created`` is the response as it was created (``responses.created_response``): in progress,
+    with no output (items in it would take output indexes of their own, §7.4 rule 3), no usage and
+    no error. ``response.created`` and ``response.in_progress`` carry it unchanged, so the stream's
+    first events never depend on how far the run got before the stream began.
+    """
+
+    def __init__(self, created: dict[str, Any]) -> None:
+        if created.get("status") != "in_progress" or created.get("output") or created.get("usage"):
+            raise ValueError("a response stream starts from the response as created")
+        self.snapshot = created
         self._sequence = 0
         self._items: dict[str, _ItemState] = {}  # by item id, in order of first appearance
 

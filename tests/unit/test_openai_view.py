@@ -4,9 +4,11 @@ wire spec's invariants and, where the installed ``openai`` package allows, its o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,12 +16,12 @@ from pydantic import TypeAdapter
 
 from runtime import ids as our_ids
 from runtime.errors import InvalidArgument, NotFound
-from runtime.events import Delta, MessageDone, Ping, RunEvent, RunStarted, Stopped
+from runtime.events import Delta, Done, MessageDone, Ping, RunEvent, RunStarted, Stopped
 from runtime.message import Message, ReasoningPart, TextPart, ToolCallPart, ToolReturnPart
 from runtime.run import Run, RunStatus, StopReason, Usage
 from serve_app.openai import ids
 from serve_app.openai.items import items_of, page, parse_input
-from serve_app.openai.responses import response_object
+from serve_app.openai.responses import created_response, response_object
 from serve_app.openai.stream import ResponseStream, sse
 
 # Building the SDK stream-event union validator takes a few seconds the first time.
@@ -779,12 +781,32 @@ def test_a_stream_cut_short_closes_its_items(
     assert through_sdk(events) is None
 
 
-def test_the_start_snapshot_has_no_output() -> None:
-    stream = ResponseStream({**snapshot(), "output": [{"type": "message"}], "status": "queued"})
+def test_the_start_snapshot_is_the_response_as_created() -> None:
+    reply = message("assistant", TextPart(text="Hello!"))
+    finished = make_run(
+        RunStatus.failed, StopReason.max_tokens_exceeded, metadata={"error": {"message": "x"}}
+    )
+    assert respond(finished, [reply])["usage"] is not None
+    snapshot_now = created_response(finished, model=MODEL, conversation_id=CONV_ID, request={})
+    assert snapshot_now == created_response(
+        make_run(RunStatus.created), model=MODEL, conversation_id=CONV_ID, request={}
+    )
+    assert snapshot_now["status"] == "in_progress" and snapshot_now["output"] == []
+    assert snapshot_now["usage"] is None and snapshot_now["error"] is None
+    assert snapshot_now["completed_at"] is None and snapshot_now["incomplete_details"] is None
+    assert snapshot_now["created_at"] == respond(finished)["created_at"]
+    stream = ResponseStream(snapshot_now)
     created, in_progress = stream.start()
-    assert created["response"]["output"] == [] and created["response"]["status"] == "in_progress"
-    assert in_progress["response"] is created["response"]
+    assert created["response"] == snapshot_now and in_progress["response"] is created["response"]
     assert stream.feed(Ping(run_id=RUN_ID)) == []
+
+
+@pytest.mark.parametrize(
+    "progressed", [{"status": "completed"}, {"output": [{"type": "message"}]}, {"usage": {"total_tokens": 1}}]
+)
+def test_a_stream_refuses_to_start_from_a_progressed_snapshot(progressed: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="as created"):
+        ResponseStream({**snapshot(), **progressed})
 
 
 def test_sse_frame() -> None:
@@ -795,3 +817,69 @@ def test_sse_frame() -> None:
     assert data.startswith("data: ") and json.loads(data[6:]) == event
     assert ", " not in data and '": ' not in data and "héllo" in data  # compact, not ASCII-escaped
     assert end == "\n"
+
+
+# --- the start of a stream, whatever the run has done by then ----------------------------------------
+class _Store:
+    """The two reads the stream makes, answered with the run as it is "now"."""
+
+    def __init__(self, run: Run, messages: list[Message]) -> None:
+        self.run = run
+        self.messages = messages
+
+    async def get_run(self, run_id: str) -> Run | None:
+        return self.run if run_id == self.run.id else None
+
+    async def list_run_messages(self, run_id: str, page: Any) -> list[Message]:
+        return [m for m in self.messages if m.run_id == run_id]
+
+
+def _streamed_turn(first_read: RunStatus) -> list[dict[str, Any]]:
+    """The events of one streamed response whose run was ``first_read`` when the stream first read
+    it from the store: ``completed`` is the order a fast provider (an instant replay) can give, the
+    run finished, with output and usage, before ``response.created`` was rendered."""
+    from actors.conversation_client import RunStream
+    from serve_app.openai.response_routes import _all_events
+
+    reply = message("assistant", TextPart(text="Heron.")).model_copy(
+        update={"id": "message-44444444-5555-4666-8777-888888888888", "step_id": "step-1"}
+    )
+    echo = {"model": MODEL, "conversation": None, "store": True}
+    done = make_run(RunStatus.completed, StopReason.end_turn, request_config={"openai": echo})
+    store = _Store(done, [message("user", TextPart(text="Word?")), reply])
+    if first_read is not RunStatus.completed:
+        store.run = make_run(first_read, request_config={"openai": echo})
+    events: list[RunEvent] = [
+        RunStarted(run_id=RUN_ID),
+        delta(reply.id, "text", "Heron.", 0),
+        MessageDone(message=reply, streamed=True),
+        Stopped(run_id=RUN_ID, stop_reason=StopReason.end_turn, usage=done.usage),
+        Done(run_id=RUN_ID),
+    ]
+
+    async def collect() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async for event in _all_events(SimpleNamespace(store=store), RunStream.of(events), RUN_ID):  # type: ignore[arg-type]
+            out.append(event)
+            store.run = done  # by the time the stream reads the run again, it has finished
+        return out
+
+    return wire(asyncio.run(collect()))
+
+
+@pytest.mark.parametrize("first_read", [RunStatus.created, RunStatus.running, RunStatus.completed])
+def test_response_created_describes_the_response_as_created(first_read: RunStatus) -> None:
+    events = _streamed_turn(first_read)
+    check_invariants(events)
+    created, in_progress = events[0], events[1]
+    assert (created["type"], in_progress["type"]) == ("response.created", "response.in_progress")
+    for start in (created, in_progress):
+        response = start["response"]
+        assert response["status"] == "in_progress" and response["output"] == []
+        assert response["usage"] is None and response["error"] is None
+        assert response["completed_at"] is None and response["incomplete_details"] is None
+    # What a client sees does not depend on how far the run got before the stream first read it.
+    assert events == _streamed_turn(RunStatus.running)
+    assert (
+        events[-1]["type"] == "response.completed" and events[-1]["response"]["usage"]["total_tokens"] == 15
+    )
