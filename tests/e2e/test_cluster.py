@@ -24,6 +24,8 @@ from parley.processes import FakeLLMProcess, RedisProcess, ServerProcess, start_
 
 from .helpers import assistant_text, live_conversations, race_two, send
 
+pytestmark = pytest.mark.cluster
+
 IDLE_SECONDS = 4.0
 # Short health checks, in the environment of the process that starts GCS: a dead node is noticed
 # in ~5 s instead of ~15 s (measured in shared/notes/ray-on-this-machine.md).

@@ -42,6 +42,8 @@ from letta_client import Letta
 
 from parley.processes import FakeLLMProcess, ServerProcess, start_server
 
+pytestmark = pytest.mark.crash
+
 KILL_POINTS = int(os.environ.get("PARLEY_CRASH_KILL_POINTS", "20"))
 SEED = int(os.environ.get("PARLEY_CRASH_SEED") or random.SystemRandom().randrange(1_000_000))
 # Where the kill lands; each is planned as often as the others, in a seeded random order.

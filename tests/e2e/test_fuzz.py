@@ -33,6 +33,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+pytestmark = pytest.mark.fuzz
+
 MAX_EXAMPLES = int(os.environ.get("PARLEY_FUZZ_EXAMPLES", "40"))  # per operation
 CONNECT_TIMEOUT = 5.0
 REQUEST_SECONDS = 15.0  # a whole request, body included: SSE heartbeats must not keep one alive

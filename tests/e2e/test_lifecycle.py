@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import IDLE_SECONDS
+from tests.e2e.conftest import IDLE_SECONDS
 
 from .helpers import assistant_text, live_conversations, send
 

@@ -66,6 +66,13 @@ def fresh_server(fake_llm: FakeLLMProcess, tmp_path: Path) -> Iterator[ServerPro
     server.stop()
 
 
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
+
+
 def _members(server: ServerProcess) -> list[psutil.Process]:
     return list({p.pid: p for p in [*server.tree(), *server.session()]}.values())
 
@@ -327,5 +334,59 @@ def test_while_starting_only_connection_refused_or_503(fake_llm: FakeLLMProcess,
         assert seen["503"] > 0, seen  # the port answers while the server starts
         assert httpx.get(f"{server.url}/v1/health/").json()["state"] == "ready"
         assert httpx.get(f"{server.url}/v1/health/live").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_background_run_cut_by_the_drain_is_readable_after_a_restart(
+    fake_llm: FakeLLMProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    server = start_server(fake_llm, data, env={"PARLEY_DRAIN_SECONDS": "1"})
+    try:
+        client = Letta(base_url=server.url, max_retries=0)
+        agent = client.agents.create(model="openai/gpt-4o-mini")
+        conversation = client.conversations.create(agent_id=agent.id)
+        stream = client.conversations.messages.create(
+            conversation.id, messages=[{"role": "user", "content": "[[latency=60]] hi"}], background=True
+        )
+        run_id = next(c.run_id for c in stream if getattr(c, "run_id", None))
+        stream.close()
+        _signal(server, "TERM-group")
+        assert server.process.wait(STOP_TIMEOUT_SECONDS) == 0, server.log_tail()
+    finally:
+        server.stop()
+    again = start_server(fake_llm, data)
+    try:
+        client = Letta(base_url=again.url)
+        run = client.runs.retrieve(run_id)
+        assert (run.status, run.stop_reason) == ("cancelled", "cancelled")
+        replayed = list(client.runs.messages.stream(run_id, starting_after=0))
+        assert [c.stop_reason for c in replayed if c.message_type == "stop_reason"] == ["cancelled"]
+        # The conversation is free: the next turn is answered.
+        chunks = list(
+            client.conversations.messages.create(
+                conversation.id, messages=[{"role": "user", "content": "say hi"}]
+            )
+        )
+        assert any(c.message_type == "assistant_message" for c in chunks)
+    finally:
+        again.stop()
+
+
+def test_a_signal_while_starting_ends_everything(fake_llm: FakeLLMProcess, tmp_path: Path) -> None:
+    server = start_server(fake_llm, tmp_path / "data", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        members: list[psutil.Process] = []
+        while time.monotonic() < deadline:  # until Ray is up under it, not yet serving
+            members = _members(server)
+            if any(_name(p).startswith("raylet") for p in members):
+                break
+            time.sleep(0.2)
+        assert httpx.get(f"{server.url}/v1/health/").status_code == 503
+        _signal(server, "TERM-group")
+        server.process.wait(STOP_TIMEOUT_SECONDS)
+        _assert_nothing_left(_members(server) + members, server)
     finally:
         server.stop()

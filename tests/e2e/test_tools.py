@@ -9,7 +9,7 @@ import time
 import pytest
 from letta_client import NotFoundError, UnprocessableEntityError
 
-from tests.conftest import TOOL_TIMEOUT_SECONDS
+from tests.e2e.conftest import TOOL_TIMEOUT_SECONDS
 
 from .helpers import of_type, send
 

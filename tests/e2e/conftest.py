@@ -1,4 +1,6 @@
-"""Shared fixtures: a real fake-LLM process and a real ``parley serve`` process on free ports.
+"""The end-to-end tier's fixtures: a real fake-LLM process and a real ``parley serve`` process on
+free ports. Every test here is marked ``e2e``; ``-m "not e2e"`` (or ``pytest tests/unit``) is the
+quick loop, and the slow, crash, cluster and fuzz tests carry their own marks too.
 
 End-to-end tests drive the server only through the official SDKs over HTTP. The server runs with
 a short passivation time so that idle conversations passivate and activate again during the session.
@@ -12,6 +14,14 @@ from collections.abc import Iterator
 import pytest
 
 from parley.processes import FakeLLMProcess, ServerProcess, start_fake_llm, start_redis, start_server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.e2e)
+
 
 IDLE_SECONDS = 3.0
 TOOL_TIMEOUT_SECONDS = 4.0
