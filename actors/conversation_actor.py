@@ -101,14 +101,16 @@ class ConversationActor:
 
     # --- binding (called by the directory) ---------------------------------------------------------
     @ray.method(enable_task_events=False)
-    async def bind(self, conversation_id: str, token: int) -> None:
-        """Activate the conversation here under ``token``, loading it from the store."""
+    async def bind(self, conversation_id: str, token: int) -> int:
+        """Activate the conversation here under ``token``, loading it from the store. Returns how
+        many conversations are live here now: placement's measure of this actor's load, counted
+        over every directory shard's placements."""
         self._start_reaper()
         current = self._holding(conversation_id)
         if current is not None:
             current.token = token  # the directory lost track of it (a shard restarted): still ours
             await current.ready()
-            return
+            return len(self._held())
         # One that is leaving (and idle) refuses every call already: replace it.
         self._live.pop(conversation_id, None)
         if len(self._held()) >= self.capacity:
@@ -124,6 +126,7 @@ class ConversationActor:
             if self._live.get(conversation_id) is activation:
                 del self._live[conversation_id]
             raise
+        return len(self._held())
 
     @ray.method(enable_task_events=False)
     async def holds(self, conversation_id: str) -> bool:

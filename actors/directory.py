@@ -142,7 +142,7 @@ class DirectoryShard:
                 raise no_capacity(conversation_id)
             token = next(self._tokens)
             try:
-                await asyncio.wait_for(host.handle.bind.remote(conversation_id, token), BIND_TIMEOUT)
+                live = await asyncio.wait_for(host.handle.bind.remote(conversation_id, token), BIND_TIMEOUT)
             except HostFull:
                 host.full_until = time.monotonic() + 1.0
                 tried.add(host.name)
@@ -160,7 +160,7 @@ class DirectoryShard:
                 raise unwrap(exc) from None
             binding = Binding(conversation_id, host.name, token)
             self._owners[conversation_id] = binding
-            host.placed += 1
+            host.live = live
             return binding
 
     async def _still_serves(self, owner: Binding) -> bool:
@@ -202,7 +202,7 @@ class DirectoryShard:
             del self._owners[owner.conversation_id]
             host = self._pool.get(owner.host_name)
             if host is not None:
-                host.placed = max(host.placed - 1, 0)
+                host.live = max(host.live - 1, 0)
 
     # --- rebuilding after a restart ---------------------------------------------------------------
     async def _ready(self) -> None:
@@ -230,7 +230,7 @@ class DirectoryShard:
         for host, pairs in zip(hosts, await asyncio.gather(*(held(h) for h in hosts)), strict=True):
             for conversation_id, token in pairs:
                 self._owners[conversation_id] = Binding(conversation_id, host.name, token)
-                host.placed += 1
+                host.live += 1
         if self._owners:
             log.warning("directory shard %d rebuilt %d bindings", self._index, len(self._owners))
 

@@ -8,10 +8,12 @@ never more than one start per node at a time: a process start is the pool's cost
 activation's. The name makes each start idempotent (``get_if_exists``), so two directory shards
 refreshing at once start one actor.
 
-A directory shard places a new activation on the actor with the fewest activations that shard
-has placed there (each shard sees its own share of the conversations; hashing spreads them
-evenly), skipping actors that answered "full" or died, and actors still starting: an activation
-waits for a process start only when no actor at all is up.
+A directory shard places a new activation on the actor with the fewest live conversations, as
+that actor last reported them (each bind answers with its count, which includes every shard's
+placements; the shard subtracts its own releases since), skipping actors that answered "full" or
+died, and actors still starting: an activation waits for a process start only when no actor at
+all is up. Counting only a shard's own placements instead drifts: two shards each sure an actor
+is emptiest would fill it past its share and make it evict while another actor has room.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def listed_hosts(settings: Settings) -> list[str]:
 class Host:
     name: str
     handle: ray.actor.ActorHandle
-    placed: int = 0  # activations this shard placed here and still owns
+    live: int = 0  # its live conversations: its last report, less this shard's releases since
     full_until: float = 0.0  # answered "full": skipped until then
     up: asyncio.Future[bool] | None = field(default=None, repr=False)  # its first answer
 
@@ -167,8 +169,8 @@ class HostPool:
                 self.lost(dead.name)
             ready = [h for h in candidates if h.ready]
             if ready:
-                fewest = min(h.placed for h in ready)
-                return random.choice([h for h in ready if h.placed == fewest])
+                fewest = min(h.live for h in ready)
+                return random.choice([h for h in ready if h.live == fewest])
             starting = [h.up for h in candidates if h.up is not None and not h.up.done()]
             if not starting or now >= deadline:
                 return None

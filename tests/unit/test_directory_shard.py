@@ -42,7 +42,7 @@ class FakeActor:
         if self.silent:
             await asyncio.sleep(3600)
 
-    async def _bind(self, conversation_id: str, token: int) -> None:
+    async def _bind(self, conversation_id: str, token: int) -> int:
         await self._answer()
         self.binds += 1
         await asyncio.sleep(self.bind_delay)
@@ -51,6 +51,7 @@ class FakeActor:
         if conversation_id in self.missing:
             raise NotFound(f"Conversation {conversation_id} not found")
         self.bound[conversation_id] = token
+        return len(self.bound)
 
     async def _holds(self, conversation_id: str) -> bool:
         await self._answer()
@@ -86,7 +87,7 @@ class FakePool:
 
     async def choose(self, exclude: set[str]) -> Host | None:
         candidates = [h for h in self.hosts.values() if h.name not in exclude]
-        return min(candidates, key=lambda h: (h.placed, h.name)) if candidates else None
+        return min(candidates, key=lambda h: (h.live, h.name)) if candidates else None
 
 
 def shard_with(*actors: FakeActor) -> DirectoryShard:
@@ -213,3 +214,14 @@ async def test_a_restarted_shard_rebuilds_from_what_the_actors_hold():
 def test_binding_is_a_plain_value():
     binding = Binding("conv-1", "a", 7)
     assert binding.token == 7
+
+
+@on_a_loop
+async def test_placement_counts_what_other_shards_placed_too():
+    """An actor another shard filled reports it on the next bind: this shard then goes elsewhere."""
+    a, b = FakeActor("a"), FakeActor("b")
+    a.bound.update({"other-1": 1, "other-2": 2})  # placed by another shard
+    shard = shard_with(a, b)
+    for conversation_id in ("c1", "c2", "c3"):  # a and b look alike until a reports its count
+        await shard.resolve(conversation_id, None)
+    assert len(b.bound) == 2 and len(a.bound) == 3  # a's own share stays at one of the three
