@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import ray
 from ray.exceptions import RayActorError
 
-from runtime.coalesce import coalesce
+from runtime.coalesce import StreamGauge, coalesce
 from runtime.providers.base import (
     DeltaBatch,
     EncodedRequest,
@@ -43,6 +43,8 @@ def provider_actor_name(index: int) -> str:
 class ProviderActor:
     def __init__(self, settings: Settings, credentials: ProviderCredentials) -> None:
         self._settings = settings
+        # Every stream of this actor counts towards its batch budget (``coalesce_batches_per_s``).
+        self._streams = StreamGauge(settings.coalesce_batches_per_s)
         # Keys come from where the server was started, not from this worker's environment.
         self._registry = ProviderRegistry(
             credentials,
@@ -59,7 +61,7 @@ class ProviderActor:
     async def stream_batches(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
         interval = self._settings.coalesce_ms / 1000
         stream = self._registry.stream_encoded(encoded)
-        async for batch in coalesce(stream, interval, self._settings.coalesce_tokens):
+        async for batch in coalesce(stream, interval, self._settings.coalesce_tokens, self._streams):
             yield batch
 
     async def ready(self) -> bool:
