@@ -20,7 +20,7 @@ import httpx
 import psutil
 
 from .load import Clients, OpenAITarget, SseParser, Target, turn_text
-from .measure import median, percentile
+from .measure import TreeCpu, machine_busy_seconds, median, percentile
 
 # Process title prefix -> hop; the first that matches wins, anything else is "other".
 HOPS = (
@@ -167,6 +167,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "gap_ms": {q: med(lambda r, q=q: r["gap_ms"][q]) for q in ("p50", "p99", "max")},
         "deltas_per_reply": med(lambda r: r["deltas_per_reply"]),
         "cpu_ms_per_turn": med(lambda r: r["cpu_ms_per_turn"]),
+        "other_s": med(lambda r: r.get("other_s")),
         "hop_cpu_ms_per_turn": {h: med(lambda r, h=h: r["hop_cpu_ms_per_turn"][h]) for h in HOP_NAMES},
         "runs": records,
     }
@@ -198,7 +199,11 @@ async def streaming(ctx) -> dict[str, Any]:
                 label = "warm-up" if repeat == 0 else f"#{repeat}"
                 ctx.progress.phase(f"parley streaming streams={n} {surface} {label}")
                 meter = HopCpu(ctx.rig.server_tree if ctx.rig.managed else (lambda: []))
+                fake = TreeCpu(ctx.rig.fake_tree)
+                me = psutil.Process()
                 meter.start()
+                fake.start()
+                me0, busy0 = sum(me.cpu_times()[:2]), machine_busy_seconds()
                 began = time.perf_counter()
 
                 async def one(slot: int, cid: str, turn: int = turn, target: Target = target) -> StreamResult:
@@ -208,8 +213,13 @@ async def streaming(ctx) -> dict[str, Any]:
                 results = await asyncio.gather(*(one(slot, cid) for slot, cid in enumerate(ids)))
                 wall = time.perf_counter() - began
                 cpu = meter.stop()
+                busy = machine_busy_seconds() - busy0
+                # What the rest of the machine used meanwhile: large means a disturbed phase.
+                other = busy - sum(cpu.values()) - fake.seconds() - (sum(me.cpu_times()[:2]) - me0)
                 if repeat:
-                    records.append(phase_record(list(results), cpu, wall))
+                    records.append(
+                        {**phase_record(list(results), cpu, wall), "machine_busy_s": busy, "other_s": other}
+                    )
             await ctx.delete_conversations(ids)
             points.append({"streams": n, "surface": surface, **summarize(records)})
     return {"points": [], "streaming": {"points": points, "token_delay_s": a.token_delay}}
@@ -235,15 +245,15 @@ def streaming_md(streaming: dict[str, Any]) -> list[str]:
         f"## Streaming (provider token delay {streaming['token_delay_s']} s; medians over repeats)",
         "",
         "| streams | surface | first text p50 / p99 ms | gap p50 / p99 / max ms | deltas per reply "
-        "| CPU ms per turn | " + " | ".join(HOP_NAMES) + " | ok | errors |",
-        "|" + "---|" * (7 + len(HOP_NAMES)),
+        "| CPU ms per turn | " + " | ".join(HOP_NAMES) + " | other CPU s | ok | errors |",
+        "|" + "---|" * (8 + len(HOP_NAMES)),
     ]
     for p in streaming["points"]:
         hops = " | ".join(f(p["hop_cpu_ms_per_turn"].get(h)) for h in HOP_NAMES)
         lines.append(
             f"| {p['streams']} | {p['surface']} | {f(p['first_text_ms']['p50'])} / {f(p['first_text_ms']['p99'])} "
             f"| {f(p['gap_ms']['p50'])} / {f(p['gap_ms']['p99'])} / {f(p['gap_ms']['max'])} "
-            f"| {f(p['deltas_per_reply'])} | {f(p['cpu_ms_per_turn'])} | {hops} | {p['ok']} | {p['errors'] or '-'} |"
+            f"| {f(p['deltas_per_reply'])} | {f(p['cpu_ms_per_turn'])} | {hops} | {f(p.get('other_s'))} | {p['ok']} | {p['errors'] or '-'} |"
         )
     lines.append("")
     return lines
