@@ -33,6 +33,8 @@ from runtime.providers.registry import ProviderRegistry
 from runtime.providers.retry import RetryPolicy
 from runtime.settings import ProviderCredentials, Settings
 
+from .streams import stream_values
+
 MAX_CONCURRENCY = 2000
 
 
@@ -133,8 +135,8 @@ class ProviderPool:
         generator = self._actor().stream_batches.options(num_returns="streaming").remote(encoded)
         exhausted = False
         try:
-            async for ref in generator:
-                yield await ref
+            async for batch in stream_values(generator):
+                yield batch
             exhausted = True
         except RayActorError:
             self._handle = None
