@@ -28,6 +28,7 @@ from .activation import NotHere
 from .conversation_actor import DRAIN_GRACE_SECONDS, DrainReport, HostReport
 from .directory import Binding, shard_handle, shard_of, unwrap
 from .placement import listed_hosts
+from .streams import stream_values
 
 ATTEMPTS = 30
 RETRY_DELAY = 0.05  # grows with each attempt, up to MAX_RETRY_DELAY
@@ -64,9 +65,12 @@ class RunStream:
         if self._generator is None:
             return
         try:
-            async for ref in self._generator:
+            values = stream_values(self._generator)
+            while True:
                 try:
-                    data = await ref
+                    data = await anext(values)
+                except StopAsyncIteration:
+                    break
                 except Exception as exc:
                     raise unwrap(exc) from None
                 yield decode_batch(data)

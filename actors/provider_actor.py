@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import ray
 from ray.exceptions import RayActorError
 
-from runtime.coalesce import coalesce
+from runtime.coalesce import StreamGauge, coalesce
 from runtime.providers.base import (
     DeltaBatch,
     EncodedRequest,
@@ -33,6 +33,8 @@ from runtime.providers.registry import ProviderRegistry
 from runtime.providers.retry import RetryPolicy
 from runtime.settings import ProviderCredentials, Settings
 
+from .streams import stream_values
+
 MAX_CONCURRENCY = 2000
 
 
@@ -43,6 +45,8 @@ def provider_actor_name(index: int) -> str:
 class ProviderActor:
     def __init__(self, settings: Settings, credentials: ProviderCredentials) -> None:
         self._settings = settings
+        # Every stream of this actor counts towards its batch budget (``coalesce_batches_per_s``).
+        self._streams = StreamGauge(settings.coalesce_batches_per_s)
         # Keys come from where the server was started, not from this worker's environment.
         self._registry = ProviderRegistry(
             credentials,
@@ -59,7 +63,7 @@ class ProviderActor:
     async def stream_batches(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
         interval = self._settings.coalesce_ms / 1000
         stream = self._registry.stream_encoded(encoded)
-        async for batch in coalesce(stream, interval, self._settings.coalesce_tokens):
+        async for batch in coalesce(stream, interval, self._settings.coalesce_tokens, self._streams):
             yield batch
 
     async def ready(self) -> bool:
@@ -131,8 +135,8 @@ class ProviderPool:
         generator = self._actor().stream_batches.options(num_returns="streaming").remote(encoded)
         exhausted = False
         try:
-            async for ref in generator:
-                yield await ref
+            async for batch in stream_values(generator):
+                yield batch
             exhausted = True
         except RayActorError:
             self._handle = None

@@ -27,7 +27,7 @@ from .scenarios import IDLE_QUIET_S, SCENARIOS, SURFACES, TARGETS, Context
 SCHEMA = "parley-bench/1"
 # No baseline can answer 409, passivate, reactivate, or speak the OpenAI surface; fresh and idle
 # measure Parley alone.
-PARLEY_ONLY = ("contention", "memory", "fresh", "reactivation", "idle")
+PARLEY_ONLY = ("contention", "memory", "fresh", "reactivation", "idle", "streaming")
 
 
 def _ints(text: str) -> list[int]:
@@ -224,6 +224,20 @@ def build_parser(prog: str = "parley bench") -> argparse.ArgumentParser:
     )
     p.add_argument("--passivation-timeout", type=float, default=60.0, help="extra wait for passivation (60)")
     p.set_defaults(mode="json")
+
+    p = sub.add_parser(
+        "streaming", help="N warm conversations stream a reply at once: time to first text, gaps, CPU per hop"
+    )
+    _common(p, latency=0.0, token_delay=0.025, reply_words=100, settle=30.0)
+    p.add_argument("--streams", type=_ints, default=[32], help="levels; N concurrent streams (32)")
+    p.add_argument(
+        "--surface",
+        dest="surfaces",
+        type=_surfaces,
+        default=list(SURFACES),
+        help="letta, openai or both (both)",
+    )
+    p.set_defaults(mode="stream", modes=[])  # no probe of the fake: its pace is --token-delay
 
     p = sub.add_parser("idle", help="the server's CPU with nobody sending: never used, then N conversations")
     _common(

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .streaming import streaming_md
+
 Get = Callable[[dict[str, Any]], Any]
 
 
@@ -233,6 +235,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"**violations: {pairs['violations']}** (first send held {result.get('hold_s')} s by the provider).",
             "",
         ]
+    if scenario == "streaming" and result.get("streaming"):
+        lines += streaming_md(result["streaming"])
     if scenario == "memory" and result.get("memory"):
         lines += _memory_md(result["memory"])
     if scenario == "reactivation" and result.get("reactivation"):

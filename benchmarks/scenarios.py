@@ -40,6 +40,7 @@ from .load import (
 from .measure import median, memory_of, percentile
 from .progress import Progress
 from .rig import Meter, Rig
+from .streaming import streaming
 
 TARGETS = ("parley", "proxy", "direct")
 
@@ -1450,4 +1451,5 @@ SCENARIOS = {
     "fresh": fresh,
     "reactivation": reactivation,
     "idle": idle,
+    "streaming": streaming,
 }

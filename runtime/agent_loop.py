@@ -26,7 +26,7 @@ from .turn import TurnRequest
 
 class AgentLoop:
     def __init__(
-        self, provider: Provider, coalesce_interval: float = 0.05, coalesce_deltas: int = 16
+        self, provider: Provider, coalesce_interval: float = 0.04, coalesce_deltas: int = 16
     ) -> None:
         self.provider = provider
         self.coalesce_interval = coalesce_interval

@@ -62,7 +62,7 @@ class ConversationRunner:
         provider: Provider,
         conversation_id: str,
         keepalive_seconds: float = 20.0,
-        coalesce_interval: float = 0.05,
+        coalesce_interval: float = 0.04,
         coalesce_deltas: int = 16,
         first_batch_hold: float = 0.1,
         compatible_providers: dict[str, str] | None = None,

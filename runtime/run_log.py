@@ -83,7 +83,10 @@ class RunLog:
                 return
             grown = self._grown
             try:
-                await asyncio.wait_for(grown.wait(), keepalive)
+                # asyncio.timeout rather than wait_for: no task made per wake-up, which a token
+                # stream pays per batch.
+                async with asyncio.timeout(keepalive):
+                    await grown.wait()
             except TimeoutError:
                 yield [Ping(run_id=self.run_id, seq=position)]
 

@@ -123,8 +123,17 @@ class Settings(BaseModel):
     max_messages_per_request: int = Field(default=1000, gt=0)
     max_tool_source_bytes: int = Field(default=262_144, gt=0)
     max_request_bytes: int = Field(default=33_554_432, gt=0)
-    coalesce_ms: float = 50.0
+    # Token deltas are coalesced before they cross to the conversation (runtime.coalesce): a stream
+    # sends at most one batch per coalesce_ms, and a token waits at most that long; a provider
+    # slower than that is forwarded token by token. 40 ms keeps the gaps a reader sees under 50 ms
+    # while a fast provider's tokens still cross 8 or more to an item.
+    coalesce_ms: float = 40.0
+    # A batch goes out at once when this many deltas are pending (a burst is not held back).
     coalesce_tokens: int = 16
+    # Batches per second one provider actor sends over all its streams before each stream's gap
+    # grows beyond coalesce_ms (open streams / this): under heavy load, fewer and larger items
+    # instead of a backlog. 0: no budget. 2500 leaves 100 streams at the 40 ms gap.
+    coalesce_batches_per_s: float = 2500.0
     # A send's first batch waits this long for more than its opening ping, so that a quick turn
     # crosses from its actor in one piece; later events are never held.
     first_batch_hold_ms: float = 100.0

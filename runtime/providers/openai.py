@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from ..message import TextPart, ToolCallPart
 from .base import EncodedRequest, ModelDelta, ModelRequest, ModelResponse, ProviderError, ResponsePart
@@ -112,61 +112,68 @@ class OpenAIProvider:
     async def stream_encoded(self, encoded: EncodedRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         assembly = _StreamAssembly()
         try:
+            # Chunks as plain dicts (``AsyncStream[object]``): building the SDK's typed chunk for
+            # every token cost more CPU than the rest of the token's way through the provider actor.
             stream = await self._client(encoded.endpoint).post(
                 "/chat/completions",
                 body={**encoded.body, "stream": True, "stream_options": {"include_usage": True}},
                 cast_to=ChatCompletion,
                 stream=True,
-                stream_cls=openai.AsyncStream[ChatCompletionChunk],
+                stream_cls=openai.AsyncStream[object],
             )
             async for chunk in stream:
-                if chunk.usage is not None:
-                    assembly.prompt_tokens = chunk.usage.prompt_tokens
-                    assembly.completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    for delta in assembly.feed(choice.delta):
+                if not isinstance(chunk, dict):
+                    continue
+                usage = chunk.get("usage")
+                if usage:
+                    assembly.prompt_tokens = usage.get("prompt_tokens") or 0
+                    assembly.completion_tokens = usage.get("completion_tokens") or 0
+                for choice in chunk.get("choices") or ():
+                    for delta in assembly.feed(choice.get("delta") or {}):
                         yield delta
-                    if choice.finish_reason:
-                        assembly.finish = _FINISH.get(choice.finish_reason, "stop")
+                    finish = choice.get("finish_reason")
+                    if finish:
+                        assembly.finish = _FINISH.get(finish, "stop")
         except Exception as exc:
             raise as_provider_error(exc, openai, "openai", self._timeout) from None
         yield assembly.response()
 
 
 class _StreamAssembly:
-    """Builds the final response from chunk deltas while handing each fragment on."""
+    """Builds the final response from chunk deltas (wire-form dicts) while handing each fragment on."""
 
     def __init__(self) -> None:
         self.parts: list[ResponsePart] = []
         self.text_index: int | None = None
-        self.tool_index: dict[int, int] = {}  # the SDK's tool-call index -> our part index
+        self.tool_index: dict[int, int] = {}  # the wire's tool-call index -> our part index
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish = "stop"
 
-    def feed(self, delta: Any) -> list[ModelDelta]:
+    def feed(self, delta: dict[str, Any]) -> list[ModelDelta]:
         out: list[ModelDelta] = []
-        if delta.content:
+        content = delta.get("content")
+        if content:
             if self.text_index is None:
                 self.text_index = len(self.parts)
                 self.parts.append(TextPart(text=""))
             part = self.parts[self.text_index]
             assert isinstance(part, TextPart)
-            part.text += delta.content
-            out.append(ModelDelta("text", self.text_index, delta.content))
-        for call in delta.tool_calls or []:
-            index = self.tool_index.get(call.index)
+            part.text += content
+            out.append(ModelDelta("text", self.text_index, content))
+        for call in delta.get("tool_calls") or ():
+            index = self.tool_index.get(call.get("index", 0))
             if index is None:
-                index = self.tool_index[call.index] = len(self.parts)
-                self.parts.append(ToolCallPart(id=call.id or "", name="", arguments=""))
+                index = self.tool_index[call.get("index", 0)] = len(self.parts)
+                self.parts.append(ToolCallPart(id=call.get("id") or "", name="", arguments=""))
             part = self.parts[index]
             assert isinstance(part, ToolCallPart)
-            fn = call.function
-            if call.id:
-                part.id = call.id
-            if fn is not None and fn.name:
-                part.name += fn.name
-            fragment = (fn.arguments or "") if fn is not None else ""
+            fn = call.get("function") or {}
+            if call.get("id"):
+                part.id = call["id"]
+            if fn.get("name"):
+                part.name += fn["name"]
+            fragment = fn.get("arguments") or ""
             part.arguments += fragment
             out.append(ModelDelta("tool_call", index, fragment, tool_call_id=part.id, tool_name=part.name))
         return out

@@ -1,15 +1,16 @@
-"""``runtime.coalesce``: batching token deltas by time and count."""
+"""``runtime.coalesce``: batching token deltas at the provider's pace, by time and count."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import pytest
 
-from runtime.coalesce import coalesce, merge
+from runtime.coalesce import StreamGauge, coalesce, merge
 from runtime.message import TextPart
 from runtime.providers.base import DeltaBatch, ModelDelta, ModelResponse, ProviderError
 
@@ -210,5 +211,108 @@ def test_source_ending_without_response_flushes_pending() -> None:
         queue = feed(text("a"), text("b"), END)
         batches = [b async for b in coalesce(from_queue(queue), interval=LONG, max_deltas=16)]
         assert batches == [DeltaBatch([text("a")]), DeltaBatch([text("b")])]
+
+    run(main())
+
+
+# --- pacing: at most one batch per interval, no token held longer ------------------------------
+async def paced(deltas: list[ModelDelta], every: float) -> AsyncIterator[ModelDelta | ModelResponse]:
+    """A provider sending ``deltas`` one per ``every`` seconds, then its response."""
+    for delta in deltas:
+        await asyncio.sleep(every)
+        yield delta
+    yield response()
+
+
+def test_a_slow_provider_is_forwarded_token_by_token() -> None:
+    async def main() -> None:
+        deltas = [text(str(i), index=i) for i in range(5)]
+        # Tokens further apart than the interval: each is its own batch, sent as it arrives.
+        batches = [b async for b in coalesce(paced(deltas, 0.06), interval=0.02, max_deltas=16)]
+        assert [b.deltas for b in batches[:5]] == [[d] for d in deltas]
+        assert batches[-1].response == response()
+
+    run(main())
+
+
+def test_a_fast_provider_is_batched_once_per_interval() -> None:
+    async def main() -> None:
+        interval = 0.1
+        deltas = [text(str(i), index=i) for i in range(60)]
+        began = time.monotonic()
+        arrivals = []
+        async for batch in coalesce(paced(deltas, 0.005), interval=interval, max_deltas=1000):
+            arrivals.append((time.monotonic() - began, batch))
+        sent = [b for _, b in arrivals]
+        assert [d for b in sent for d in b.deltas] == deltas  # nothing lost, reordered or merged away
+        # ~0.3 s of tokens at one batch per 0.1 s: a handful of batches, not one per token.
+        assert len(sent) <= 8
+        # Consecutive batches before the last are at least (about) the interval apart.
+        times = [t for t, _ in arrivals[:-1]]
+        assert all(b - a >= interval * 0.8 for a, b in itertools.pairwise(times))
+
+    run(main())
+
+
+def test_the_interval_runs_from_the_last_batch_not_the_next_token() -> None:
+    async def main() -> None:
+        interval = 0.2
+        queue = feed(text("a"))
+        batches = coalesce(from_queue(queue), interval=interval, max_deltas=16)
+        sent_first = time.monotonic()
+        assert (await next_batch(batches)).deltas == [text("a")]
+        await asyncio.sleep(interval * 0.75)
+        queue.put_nowait(text("b"))
+        batch = await next_batch(batches)
+        # Held only for the rest of the interval since "a", not a whole interval after "b".
+        assert batch.deltas == [text("b")]
+        assert time.monotonic() - sent_first < interval * 1.6
+        queue.put_nowait(END)
+        assert [b async for b in batches] == []
+
+    run(main())
+
+
+def test_a_consumer_that_was_busy_gets_everything_queued_in_one_batch() -> None:
+    async def main() -> None:
+        queue = feed(text("a"))
+        batches = coalesce(from_queue(queue), interval=0.01, max_deltas=16)
+        assert (await next_batch(batches)).deltas == [text("a")]
+        for piece in "bcdef":
+            queue.put_nowait(text(piece))
+        await asyncio.sleep(0.05)  # the consumer is away for longer than the interval
+        assert (await next_batch(batches)).deltas == [text("bcdef")]
+        queue.put_nowait(response())
+        last = await next_batch(batches)
+        assert last.deltas == [] and last.response == response()
+
+    run(main())
+
+
+def test_gauge_widens_the_gap_only_beyond_its_budget() -> None:
+    gauge = StreamGauge(batches_per_s=100)
+    assert gauge.gap(0.04) == 0.04
+    with gauge.tracking(), gauge.tracking():
+        assert gauge.open == 2
+        assert gauge.gap(0.04) == 0.04  # 2 streams x 25 batches/s is within 100/s
+        with gauge.tracking(), gauge.tracking(), gauge.tracking(), gauge.tracking():
+            assert gauge.gap(0.04) == pytest.approx(0.06)  # 6 streams share 100 batches/s
+    assert gauge.open == 0
+    assert StreamGauge(0).gap(0.04) == 0.04  # no budget
+
+
+def test_a_stream_counts_in_its_gauge_until_it_ends_or_fails() -> None:
+    async def main() -> None:
+        gauge = StreamGauge(batches_per_s=1000)
+        queue = feed(text("a"))
+        batches = coalesce(from_queue(queue), interval=LONG, max_deltas=16, gauge=gauge)
+        await next_batch(batches)
+        assert gauge.open == 1
+        queue.put_nowait(RuntimeError("boom"))
+        with pytest.raises(RuntimeError):
+            await next_batch(batches)
+        assert gauge.open == 0
+        done = [b async for b in coalesce(from_queue(feed(response())), gauge=gauge)]
+        assert done == [DeltaBatch([], response())] and gauge.open == 0
 
     run(main())

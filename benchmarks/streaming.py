@@ -1,0 +1,259 @@
+"""The ``streaming`` scenario: N warm conversations each stream one reply at once, as a chat UI
+would read them; on each surface (Letta ``stream_tokens``, OpenAI Responses ``stream=true``).
+
+Per stream it times the first text delta and every gap between text deltas (arrival at the
+client, so every hop and every wait inside the server is in it); per phase, the server tree's CPU
+per streamed turn, split by hop: each process of the tree is put in one bucket by its title
+(``ray::ProviderActor``, ``ray::ConversationActor``, ``ray::ServeReplica``, haproxy, the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psutil
+
+from .load import Clients, OpenAITarget, SseParser, Target, turn_text
+from .measure import TreeCpu, machine_busy_seconds, median, percentile
+
+# Process title prefix -> hop; the first that matches wins, anything else is "other".
+HOPS = (
+    ("ray::ProviderActor", "provider actor"),
+    ("ray::ConversationActor", "conversation actor"),
+    ("ray::ServeReplica", "ingress replica"),
+    ("haproxy", "haproxy"),
+    ("ray::ProxyActor", "serve proxy"),
+)
+HOP_NAMES = [name for _, name in HOPS] + ["other"]
+
+
+def hop_of(proc: psutil.Process) -> str:
+    try:
+        title = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        return "other"
+    for prefix, name in HOPS:
+        if title.startswith(prefix) or (prefix == "haproxy" and "haproxy" in proc.name()):
+            return name
+    return "other"
+
+
+class HopCpu:
+    """CPU seconds of a process tree between ``start`` and ``stop``, by hop. The processes that
+    matter here are long-lived actors; one that exits mid-phase counts up to its last sample."""
+
+    def __init__(self, tree) -> None:
+        self._tree = tree
+        self._start: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        now: dict[int, tuple[str, float]] = {}
+        for proc in self._tree():
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            now[proc.pid] = (hop_of(proc), times.user + times.system)
+        return now
+
+    def start(self) -> None:
+        self._last = self._read()
+        self._start = {pid: cpu for pid, (_, cpu) in self._last.items()}
+
+    def stop(self) -> dict[str, float]:
+        self._last.update(self._read())
+        spent: Counter[str] = Counter({name: 0.0 for name in HOP_NAMES})
+        for pid, (hop, cpu) in self._last.items():
+            spent[hop] += cpu - self._start.get(pid, 0.0)
+        return dict(spent)
+
+
+@dataclass
+class StreamResult:
+    ok: bool = False
+    error: str | None = None
+    first_text: float | None = None  # seconds from sending to the first text delta
+    gaps: list[float] = field(default_factory=list)  # seconds between consecutive text deltas
+    deltas: int = 0
+
+
+async def stream_turn(
+    client: httpx.AsyncClient, target: Target, conversation_id: str, text: str, expected: str
+) -> StreamResult:
+    """One streamed turn, timed at every text delta. Never raises: a failure is in the result."""
+    path, body = target.request(conversation_id, text, True)
+    result = StreamResult()
+    pieces: list[str] = []
+    began = time.perf_counter()
+    last: float | None = None
+    try:
+        async with client.stream("POST", path, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                result.error = f"http_{response.status_code}"
+                return result
+            parser = SseParser()
+            async for chunk in response.aiter_raw():
+                now = time.perf_counter()
+                for name, data in parser.feed(chunk):
+                    if data == "[DONE]":
+                        continue
+                    event = json.loads(data)
+                    if target.event_failed(name, event):
+                        result.error = "stream_error"
+                        continue
+                    piece = target.event_text(event) if isinstance(event, dict) else None
+                    if not piece:
+                        continue
+                    pieces.append(piece)
+                    result.deltas += 1
+                    if last is None:
+                        result.first_text = now - began
+                    else:
+                        result.gaps.append(now - last)
+                    last = now
+    except (httpx.HTTPError, ValueError) as exc:
+        result.error = f"transport:{type(exc).__name__}"
+        return result
+    if result.error is None and "".join(pieces) != expected:
+        result.error = "wrong_reply"
+    result.ok = result.error is None
+    return result
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    return percentile(values, q) * 1e3 if values else None
+
+
+def phase_record(results: list[StreamResult], cpu: dict[str, float], wall: float) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    gaps = [g for r in ok for g in r.gaps]
+    firsts = [r.first_text for r in ok if r.first_text is not None]
+    n = max(len(ok), 1)
+    return {
+        "ok": len(ok),
+        "errors": dict(Counter(r.error for r in results if r.error)),
+        "wall_s": wall,
+        "first_text_ms": {"p50": _ms(firsts, 50), "p99": _ms(firsts, 99)},
+        "gap_ms": {"p50": _ms(gaps, 50), "p99": _ms(gaps, 99), "max": _ms(gaps, 100)},
+        "deltas_per_reply": median([float(r.deltas) for r in ok]),
+        "cpu_ms_per_turn": sum(cpu.values()) * 1e3 / n,
+        "hop_cpu_ms_per_turn": {hop: spent * 1e3 / n for hop, spent in cpu.items()},
+    }
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repeats of every number (errors summed)."""
+
+    def med(get) -> float | None:
+        values = [v for v in (get(r) for r in records) if v is not None]
+        return median(values) if values else None
+
+    errors: Counter[str] = Counter()
+    for r in records:
+        errors.update(r["errors"])
+    return {
+        "repeats": len(records),
+        "ok": sum(r["ok"] for r in records),
+        "errors": dict(errors),
+        "first_text_ms": {q: med(lambda r, q=q: r["first_text_ms"][q]) for q in ("p50", "p99")},
+        "gap_ms": {q: med(lambda r, q=q: r["gap_ms"][q]) for q in ("p50", "p99", "max")},
+        "deltas_per_reply": med(lambda r: r["deltas_per_reply"]),
+        "cpu_ms_per_turn": med(lambda r: r["cpu_ms_per_turn"]),
+        "other_s": med(lambda r: r.get("other_s")),
+        "hop_cpu_ms_per_turn": {h: med(lambda r, h=h: r["hop_cpu_ms_per_turn"][h]) for h in HOP_NAMES},
+        "runs": records,
+    }
+
+
+async def streaming(ctx) -> dict[str, Any]:
+    """For each N of ``--streams`` and each surface: N conversations warmed by one unmeasured
+    streamed turn, then ``--repeats`` phases in which all N stream one reply at once."""
+    a = ctx.args
+    clients: Clients = ctx.clients["parley"]
+    targets: dict[str, Target] = {"letta": ctx.targets["parley"], "openai": OpenAITarget(a.model)}
+    points = []
+    turn = 0
+    for n in a.streams:
+        for surface in a.surfaces:
+            if ctx.out_of_time():
+                ctx.warn(f"time budget spent: skipped streams={n} {surface}")
+                continue
+            target = targets[surface]
+            ids = (
+                await ctx.new_conversations("parley", n)
+                if surface == "letta"
+                else await _openai_ids(ctx, clients, target, n)
+            )
+            records = []
+            for repeat in range(a.repeats + 1):  # the first one warms the conversations, unmeasured
+                await ctx.settle(a.settle_between)
+                turn += 1
+                label = "warm-up" if repeat == 0 else f"#{repeat}"
+                ctx.progress.phase(f"parley streaming streams={n} {surface} {label}")
+                meter = HopCpu(ctx.rig.server_tree if ctx.rig.managed else (lambda: []))
+                fake = TreeCpu(ctx.rig.fake_tree)
+                me = psutil.Process()
+                meter.start()
+                fake.start()
+                me0, busy0 = sum(me.cpu_times()[:2]), machine_busy_seconds()
+                began = time.perf_counter()
+
+                async def one(slot: int, cid: str, turn: int = turn, target: Target = target) -> StreamResult:
+                    text, expected = turn_text(turn, a.reply_words)
+                    return await stream_turn(clients.get(slot), target, cid, text, expected)
+
+                results = await asyncio.gather(*(one(slot, cid) for slot, cid in enumerate(ids)))
+                wall = time.perf_counter() - began
+                cpu = meter.stop()
+                busy = machine_busy_seconds() - busy0
+                # What the rest of the machine used meanwhile: large means a disturbed phase.
+                other = busy - sum(cpu.values()) - fake.seconds() - (sum(me.cpu_times()[:2]) - me0)
+                if repeat:
+                    records.append(
+                        {**phase_record(list(results), cpu, wall), "machine_busy_s": busy, "other_s": other}
+                    )
+            await ctx.delete_conversations(ids)
+            points.append({"streams": n, "surface": surface, **summarize(records)})
+    return {"points": [], "streaming": {"points": points, "token_delay_s": a.token_delay}}
+
+
+async def _openai_ids(ctx, clients: Clients, target: Target, n: int) -> list[str]:
+    gate = asyncio.Semaphore(8)
+
+    async def one(slot: int) -> str:
+        async with gate:
+            return await target.new_conversation(clients.get(slot))
+
+    ids = list(await asyncio.gather(*(one(slot) for slot in range(n))))
+    ctx.created.extend(ids)
+    return ids
+
+
+def streaming_md(streaming: dict[str, Any]) -> list[str]:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}"
+
+    lines = [
+        f"## Streaming (provider token delay {streaming['token_delay_s']} s; medians over repeats)",
+        "",
+        "| streams | surface | first text p50 / p99 ms | gap p50 / p99 / max ms | deltas per reply "
+        "| CPU ms per turn | " + " | ".join(HOP_NAMES) + " | other CPU s | ok | errors |",
+        "|" + "---|" * (8 + len(HOP_NAMES)),
+    ]
+    for p in streaming["points"]:
+        hops = " | ".join(f(p["hop_cpu_ms_per_turn"].get(h)) for h in HOP_NAMES)
+        lines.append(
+            f"| {p['streams']} | {p['surface']} | {f(p['first_text_ms']['p50'])} / {f(p['first_text_ms']['p99'])} "
+            f"| {f(p['gap_ms']['p50'])} / {f(p['gap_ms']['p99'])} / {f(p['gap_ms']['max'])} "
+            f"| {f(p['deltas_per_reply'])} | {f(p['cpu_ms_per_turn'])} | {hops} | {f(p.get('other_s'))} | {p['ok']} | {p['errors'] or '-'} |"
+        )
+    lines.append("")
+    return lines
