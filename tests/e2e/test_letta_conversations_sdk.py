@@ -9,20 +9,29 @@ Each test keeps the seed's flow and assertions. Where a seed assertion is not wh
   reads the oldest message first, the port asks for ``order="asc"``.
 - The seed skips its lock tests without Redis, as Letta only locks with Redis; Parley always locks
   a conversation, so they always run.
+- The overlap test runs against a provider that answers at a real model's pace (1 s to the first
+  byte): the seed's "one succeeds, one conflicts" needs the first send still running when the
+  second arrives, which the session's zero-latency fake does not give.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from letta_client import BadRequestError, ConflictError, Letta
 
+from parley.processes import FakeLLMProcess, ServerProcess, start_fake_llm, start_server
 
-@pytest.fixture
-def agent(client: Letta):
-    """A test agent, as the seed makes it (this module's own, in place of conftest's)."""
+# What a real model takes to answer, roughly: the seed's overlap test relies on a first send still
+# running when the second arrives, which the session's zero-latency fake does not give.
+REAL_MODEL_LATENCY_SECONDS = "1.0"
+
+
+def seed_agent(client: Letta) -> Iterator:
+    """A test agent, as the seed makes it, deleted afterwards."""
     agent_state = client.agents.create(
         name=f"test_conversations_{uuid.uuid4().hex[:8]}",
         model="openai/gpt-4o-mini",
@@ -34,6 +43,40 @@ def agent(client: Letta):
     )
     yield agent_state
     client.agents.delete(agent_id=agent_state.id)
+
+
+@pytest.fixture
+def agent(client: Letta):
+    """This module's own (in place of conftest's)."""
+    yield from seed_agent(client)
+
+
+@pytest.fixture(scope="module")
+def paced_fake_llm() -> Iterator[FakeLLMProcess]:
+    fake = start_fake_llm("--latency", REAL_MODEL_LATENCY_SECONDS)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def paced_server(
+    paced_fake_llm: FakeLLMProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    server = start_server(paced_fake_llm, tmp_path_factory.mktemp("parley-paced"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def paced_client(paced_server: ServerProcess) -> Iterator[Letta]:
+    """A client of a server whose provider answers at a real model's pace."""
+    with Letta(base_url=paced_server.url) as letta:
+        yield letta
+
+
+@pytest.fixture
+def paced_agent(paced_client: Letta):
+    yield from seed_agent(paced_client)
 
 
 class TestConversationsSDK:
@@ -232,7 +275,8 @@ class TestConversationsSDK:
         )
         assert len(messages) > 0, "Lock should be released even after run error"
 
-    def test_concurrent_messages_to_same_conversation(self, client: Letta, agent):
+    def test_concurrent_messages_to_same_conversation(self, paced_client: Letta, paced_agent):
+        client, agent = paced_client, paced_agent
         conversation = client.conversations.create(agent_id=agent.id)
         results = {"success": 0, "conflict": 0, "other_error": 0}
 
