@@ -17,6 +17,7 @@ import logging
 from enum import StrEnum
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from runtime.settings import Settings
 
@@ -67,7 +68,11 @@ _driver_handle: ray.actor.ActorHandle | None = None
 def start_lifecycle(settings: Settings) -> ray.ObjectRef:
     """Start the actor from the driver (in state ``starting``); the ref resolves once it is up."""
     global _driver_handle
-    _driver_handle = RemoteLifecycleActor.options(name=ACTOR_NAME, namespace=settings.namespace).remote()
+    # On the driver's own node: a replica started after another node died must still find it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    _driver_handle = RemoteLifecycleActor.options(
+        name=ACTOR_NAME, namespace=settings.namespace, scheduling_strategy=here
+    ).remote()
     return _driver_handle.get.remote()
 
 

@@ -158,9 +158,10 @@ def test_conversation_actor_killed(letta, small_server):
     ids = remember(letta, CAP, agent.id)
     live = httpx.get(f"{small_server.url}/v1/_parley/activations", timeout=30).json()
     host_of = {a["conversation_id"]: a["host"] for a in live["activations"]}
-    victim_name = host_of[ids[0]]
+    # The last one is live for sure (placement may have evicted an earlier one to make room).
+    victim_name = host_of[ids[-1]]
     victim = next(h for h in live["hosts"] if h["name"] == victim_name)
-    stream = letta.conversations.messages.create(ids[0], input="[[latency=30]] say never", background=True)
+    stream = letta.conversations.messages.create(ids[-1], input="[[latency=30]] say never", background=True)
     run_id = next(iter(stream)).run_id
     stream.close()
     _kill(psutil.Process(victim["pid"]))
