@@ -24,23 +24,26 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import psutil
 import ray
 
 from runtime.conversation_runner import ConversationRunner
-from runtime.events import encode_batch
+from runtime.events import RunEvent, encode_batch
 from runtime.message import Message
 from runtime.settings import Settings
 from runtime.store import open_store
 from runtime.turn import InputMessage, TurnRequest
 
 from .activation import Activation, ActivationState, NotHere
+from .channel import Ticket
 from .directory import HostFull, shard_handle, shard_of
 from .passivation import PassivationPolicy, default_live_per_node
 from .placement import node_of
 from .provider_actor import ProviderPool
+from .streams import stream_out
 from .tool_tasks import RayToolRunner
 
 log = logging.getLogger(__name__)
@@ -190,18 +193,26 @@ class ConversationActor:
             activation.calls -= 1
 
     @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
-    async def send(self, conversation_id: str, request: TurnRequest) -> AsyncIterator[bytes]:
+    async def send(self, conversation_id: str, request: TurnRequest) -> AsyncIterator[bytes | Ticket]:
         """The run's events, in batches encoded with ``encode_batch``; ``ConversationBusy`` first
         if a run holds the conversation."""
-        async with self._runner(conversation_id) as runner:
-            async for batch in runner.send(request):
-                yield encode_batch(batch)
+        async with (
+            self._runner(conversation_id) as runner,
+            aclosing(_encoded(runner.send(request))) as batches,
+        ):
+            async for item in stream_out(batches, direct=1, channel=self._settings.stream_channel):
+                yield item
 
     @ray.method(enable_task_events=False)
-    async def follow(self, conversation_id: str, run_id: str | None, after: int = 0) -> AsyncIterator[bytes]:
-        async with self._runner(conversation_id) as runner:
-            async for batch in runner.follow(run_id, after):
-                yield encode_batch(batch)
+    async def follow(
+        self, conversation_id: str, run_id: str | None, after: int = 0
+    ) -> AsyncIterator[bytes | Ticket]:
+        async with (
+            self._runner(conversation_id) as runner,
+            aclosing(_encoded(runner.follow(run_id, after))) as batches,
+        ):
+            async for item in stream_out(batches, direct=1, channel=self._settings.stream_channel):
+                yield item
 
     @ray.method(enable_task_events=False)
     async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
@@ -305,6 +316,13 @@ class ConversationActor:
         finally:
             if self._live.get(conversation_id) is activation:
                 del self._live[conversation_id]
+
+
+async def _encoded(batches: AsyncIterator[list[RunEvent]]) -> AsyncIterator[bytes]:
+    """``batches`` encoded for the hop to the reader, closing ``batches`` when closed itself."""
+    async with aclosing(batches):
+        async for batch in batches:
+            yield encode_batch(batch)
 
 
 async def _poll_until(done: Callable[[], bool], seconds: float) -> None:

@@ -64,8 +64,8 @@ class RunStream:
         yield self.first
         if self._generator is None:
             return
+        values = stream_values(self._generator)
         try:
-            values = stream_values(self._generator)
             while True:
                 try:
                     data = await anext(values)
@@ -76,6 +76,7 @@ class RunStream:
                 yield decode_batch(data)
             self._exhausted = True
         finally:
+            await values.aclose()
             self.close()
 
     def close(self) -> None:

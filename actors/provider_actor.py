@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import ray
 from ray.exceptions import RayActorError
@@ -33,7 +34,8 @@ from runtime.providers.registry import ProviderRegistry
 from runtime.providers.retry import RetryPolicy
 from runtime.settings import ProviderCredentials, Settings
 
-from .streams import stream_values
+from .channel import ChannelBroken, Ticket
+from .streams import stream_out, stream_values
 
 MAX_CONCURRENCY = 2000
 
@@ -60,11 +62,14 @@ class ProviderActor:
         return await self._registry.send(encoded)
 
     @ray.method(enable_task_events=False)
-    async def stream_batches(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
+    async def stream_batches(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch | Ticket]:
         interval = self._settings.coalesce_ms / 1000
         stream = self._registry.stream_encoded(encoded)
-        async for batch in coalesce(stream, interval, self._settings.coalesce_tokens, self._streams):
-            yield batch
+        batches = coalesce(stream, interval, self._settings.coalesce_tokens, self._streams)
+        async with aclosing(batches):
+            # The first batch as a Ray item: it is there before the reader has connected.
+            async for item in stream_out(batches, direct=1, channel=self._settings.stream_channel):
+                yield item
 
     async def ready(self) -> bool:
         return True
@@ -135,10 +140,11 @@ class ProviderPool:
         generator = self._actor().stream_batches.options(num_returns="streaming").remote(encoded)
         exhausted = False
         try:
-            async for batch in stream_values(generator):
-                yield batch
+            async with aclosing(stream_values(generator)) as batches:
+                async for batch in batches:
+                    yield batch
             exhausted = True
-        except RayActorError:
+        except (RayActorError, ChannelBroken):
             self._handle = None
             raise ProviderError("the provider actor went away mid-stream", "connection") from None
         finally:

@@ -134,6 +134,11 @@ class Settings(BaseModel):
     # grows beyond coalesce_ms (open streams / this): under heavy load, fewer and larger items
     # instead of a backlog. 0: no budget. 2500 leaves 100 streams at the 40 ms gap.
     coalesce_batches_per_s: float = 2500.0
+    # Token streams cross between Parley's processes (provider actor to conversation actor to
+    # ingress) over a direct TCP connection per stream after their first items (actors.channel),
+    # at a tenth of a Ray item's CPU each. Off: every item as a Ray item, for a cluster whose
+    # nodes open only Ray's own ports to each other.
+    stream_channel: bool = True
     # A send's first batch waits this long for more than its opening ping, so that a quick turn
     # crosses from its actor in one piece; later events are never held.
     first_batch_hold_ms: float = 100.0

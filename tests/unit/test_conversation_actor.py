@@ -19,6 +19,7 @@ from actors import conversation_actor as actor_module
 from actors.activation import NotHere
 from actors.conversation_actor import ConversationActor
 from actors.directory import HostFull
+from actors.streams import followed
 from runtime.agent import Agent, LLMConfig
 from runtime.conversation import Conversation
 from runtime.errors import ConversationBusy, NotFound
@@ -88,7 +89,9 @@ async def conversations(settings: Settings, count: int) -> list[str]:
 async def turn(actor: ConversationActor, conversation_id: str, text: str = "hi") -> list[Any]:
     request = TurnRequest(messages=[InputMessage(text=text)])
     return [
-        e for batch in [b async for b in actor.send(conversation_id, request)] for e in decode_batch(batch)
+        e
+        for batch in [b async for b in followed(actor.send(conversation_id, request))]
+        for e in decode_batch(batch)
     ]
 
 

@@ -1,0 +1,179 @@
+"""Stream channels (``actors.channel``) and both ends of a streaming call (``actors.streams``),
+without Ray: a producer's ``stream_out`` and a reader's ``followed`` on one event loop, over a
+real loopback connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+from ray_fakes import on_a_loop
+
+from actors import channel as channel_module
+from actors.channel import ChannelBroken, ChannelServer, ChannelUnclaimed, Ticket, read_channel
+from actors.streams import followed, stream_out
+from runtime.providers.base import DeltaBatch, ModelDelta, ProviderError
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class Source:
+    """Yields ``items`` (raising ``fail`` after them, if set), waiting for ``gate`` before each
+    item after the first ``free``; records whether it was closed."""
+
+    def __init__(self, items: list[Any], fail: Exception | None = None, free: int = 1_000) -> None:
+        self.items = items
+        self.fail = fail
+        self.free = free
+        self.gate = asyncio.Event()
+        self.closed = False
+        self.taken = 0
+
+    async def __call__(self) -> AsyncIterator[Any]:
+        try:
+            for item in self.items:
+                if self.taken >= self.free:
+                    await self.gate.wait()
+                self.taken += 1
+                yield item
+            if self.fail is not None:
+                raise self.fail
+        finally:
+            self.closed = True
+
+
+async def produce(source: Source, direct: int = 1, channel: bool = True) -> AsyncIterator[Any]:
+    """What an actor method does: its source closed when the call ends, however it ends."""
+    async with aclosing(source()) as items:
+        async for item in stream_out(items, direct=direct, channel=channel):
+            yield item
+
+
+@on_a_loop
+async def test_items_after_the_first_cross_the_channel_in_order():
+    batches = [b"first", DeltaBatch([ModelDelta("text", 0, "hel")]), {"n": 2}, b"last"]
+    call = produce(Source(batches))
+    assert await anext(call) == b"first"
+    assert isinstance(await anext(call), Ticket)  # the rest waits for a reader
+    await call.aclose()
+    source = Source(batches)
+    assert [item async for item in followed(produce(source))] == batches
+    assert source.closed
+
+
+@on_a_loop
+async def test_without_a_channel_every_item_is_yielded():
+    source = Source([1, 2, 3])
+    assert [item async for item in produce(source, channel=False)] == [1, 2, 3]
+
+
+@on_a_loop
+async def test_a_stream_that_ends_within_its_direct_items_needs_no_channel():
+    assert [item async for item in produce(Source([b"only"]), direct=2)] == [b"only"]
+    assert [item async for item in produce(Source([b"one", b"two"]), direct=2)] == [b"one", b"two"]
+
+
+@on_a_loop
+async def test_the_sources_error_is_raised_as_itself_with_its_data():
+    error = ProviderError("rate limited", "rate_limit", status=429, retry_after=3.0)
+    read: list[Any] = []
+    with pytest.raises(ProviderError) as raised:
+        async for item in followed(produce(Source([1, 2], fail=error))):
+            read.append(item)
+    assert read == [1, 2]
+    assert (raised.value.kind, raised.value.status, raised.value.retry_after) == ("rate_limit", 429, 3.0)
+
+
+@on_a_loop
+async def test_an_unclaimed_offer_is_withdrawn_and_its_source_closed(monkeypatch):
+    monkeypatch.setattr(channel_module, "CLAIM_SECONDS", 0.2)
+    source = Source([1, 2, 3])
+    call = produce(source)
+    assert await anext(call) == 1
+    ticket = await anext(call)
+    with pytest.raises(ChannelUnclaimed):
+        await anext(call)
+    await call.aclose()
+    assert source.taken == 2 and source.closed  # the first, and the one the ticket waited for
+    with pytest.raises(ChannelBroken):  # too late: the offer is gone
+        [item async for item in read_channel(ticket)]
+
+
+@on_a_loop
+async def test_a_reader_that_leaves_closes_the_source():
+    source = Source(list(range(10)), free=3)
+    call = produce(source)
+    assert await anext(call) == 0
+    ticket = await anext(call)
+    producing = asyncio.ensure_future(anext(call, None))  # the call waits while the channel is read
+    async with aclosing(read_channel(ticket)) as items:
+        assert [await anext(items), await anext(items)] == [1, 2]
+    await asyncio.sleep(0.05)
+    source.gate.set()  # the next item finds the reader gone
+    assert await asyncio.wait_for(producing, 2) is None
+    await call.aclose()
+    assert source.closed and source.taken < 10
+
+
+@on_a_loop
+async def test_a_cancelled_call_breaks_the_channel_and_closes_the_source():
+    source = Source(list(range(10)), free=3)
+    call = produce(source)
+    await anext(call)
+    ticket = await anext(call)
+    producing = asyncio.ensure_future(anext(call, None))
+    read: list[Any] = []
+
+    async def read_all() -> None:
+        async for item in read_channel(ticket):
+            read.append(item)
+
+    reading = asyncio.ensure_future(read_all())
+    await asyncio.sleep(0.05)
+    producing.cancel()  # what ray.cancel does to the producing call
+    with pytest.raises(ChannelBroken):
+        await asyncio.wait_for(reading, 2)
+    assert read == [1, 2]
+    await call.aclose()
+    assert source.closed
+
+
+@on_a_loop
+async def test_a_wrong_token_is_refused_and_serves_nothing():
+    server = await ChannelServer.here()
+    source = Source([1, 2])
+    offer = server.offer(source())
+    forged = Ticket(offer.ticket.host, offer.ticket.port, b"x" * len(offer.ticket.token))
+    with pytest.raises(ChannelBroken):
+        [item async for item in read_channel(forged)]
+    assert [item async for item in read_channel(offer.ticket)] == [1, 2]
+    await offer.served()
+
+
+@on_a_loop
+async def test_a_broken_channel_surfaces_the_error_that_follows_its_ticket():
+    class ActorDied(Exception):
+        pass
+
+    async def call() -> AsyncIterator[Any]:
+        yield b"first"
+        yield Ticket("127.0.0.1", 1, b"0" * 16)  # nothing listens there
+        raise ActorDied()
+
+    with pytest.raises(ActorDied):
+        [item async for item in followed(call())]
+
+    async def ended() -> AsyncIterator[Any]:
+        yield Ticket("127.0.0.1", 1, b"0" * 16)
+
+    with pytest.raises(ChannelBroken):
+        [item async for item in followed(ended())]
+
+
+@on_a_loop
+async def test_concurrent_first_uses_share_one_server():
+    servers = await asyncio.gather(*(ChannelServer.here() for _ in range(5)))
+    assert len({id(s) for s in servers}) == 1
