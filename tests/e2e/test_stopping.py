@@ -6,8 +6,6 @@ its instance may outlive it by more than 10 s.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,27 +27,9 @@ GONE_WITHIN_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 60.0
 
 
-def _survivors(members: list[psutil.Process], server: ServerProcess) -> list[psutil.Process]:
-    alive = []
-    for proc in [*members, *server.session()]:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.Error:
-            continue
-    return alive
-
-
 def _assert_nothing_left(members: list[psutil.Process], server: ServerProcess) -> None:
     """Within 10 s of the main process's end, no process of the server remains."""
-    deadline = time.monotonic() + GONE_WITHIN_SECONDS
-    while (alive := _survivors(members, server)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for proc in alive:  # leave nothing behind for the next test, then fail
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+    alive = server.left_after(members, GONE_WITHIN_SECONDS)  # killed: nothing stays for the next test
     described = []
     for proc in alive:
         try:
@@ -73,25 +53,11 @@ def _name(proc: psutil.Process) -> str:
         return ""
 
 
-def _members(server: ServerProcess) -> list[psutil.Process]:
-    return list({p.pid: p for p in [*server.tree(), *server.session()]}.values())
-
-
-def _signal(server: ServerProcess, how: str) -> None:
-    pid = server.process.pid
-    sig = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "KILL": signal.SIGKILL}
-    kind, target = how.split("-")
-    if target == "group":
-        os.killpg(pid, sig[kind])
-    else:
-        os.kill(pid, sig[kind])
-
-
 @pytest.mark.parametrize("how", ["TERM-group", "TERM-pid", "INT-group", "INT-pid"])
 def test_a_stop_signal_drains_and_exits_0_leaving_nothing(fresh_server: ServerProcess, how: str) -> None:
-    members = _members(fresh_server)
+    members = fresh_server.members()
     assert len(members) > 5  # GCS, raylet, workers, HAProxy ...
-    _signal(fresh_server, how)
+    fresh_server.send_signal(how)
     assert fresh_server.process.wait(STOP_TIMEOUT_SECONDS) == 0, fresh_server.log_tail()
     _assert_nothing_left(members, fresh_server)
     assert "Parley drained" in fresh_server.log_tail(200)
@@ -99,24 +65,24 @@ def test_a_stop_signal_drains_and_exits_0_leaving_nothing(fresh_server: ServerPr
 
 @pytest.mark.parametrize("how", ["KILL-pid", "KILL-group"])
 def test_a_killed_server_takes_its_tree_with_it(fresh_server: ServerProcess, how: str) -> None:
-    members = _members(fresh_server)
-    _signal(fresh_server, how)
+    members = fresh_server.members()
+    fresh_server.send_signal(how)
     fresh_server.process.wait(10)
     _assert_nothing_left(members, fresh_server)
 
 
 def test_term_then_kill_as_a_supervisor_would(fresh_server: ServerProcess) -> None:
     """A supervisor's stop timeout: SIGTERM to the group, SIGKILL 3 s later."""
-    members = _members(fresh_server)
+    members = fresh_server.members()
     client = Letta(base_url=fresh_server.url)
     agent = client.agents.create(model="openai/gpt-4o-mini")
     conversation = client.conversations.create(agent_id=agent.id)
     running = threading.Thread(target=_send_quietly, args=(client, conversation.id, "[[latency=30]] hi"))
     running.start()  # a turn that outlasts the 3 s
     time.sleep(1.0)
-    _signal(fresh_server, "TERM-group")
+    fresh_server.send_signal("TERM-group")
     time.sleep(3.0)
-    _signal(fresh_server, "KILL-group")
+    fresh_server.send_signal("KILL-group")
     fresh_server.process.wait(10)
     _assert_nothing_left(members, fresh_server)
     running.join(30)
@@ -134,17 +100,17 @@ def _send_quietly(client: Letta, conversation_id: str, text: str) -> None:
 
 
 def test_a_second_signal_stops_at_once(fresh_server: ServerProcess) -> None:
-    members = _members(fresh_server)
+    members = fresh_server.members()
     client = Letta(base_url=fresh_server.url)
     agent = client.agents.create(model="openai/gpt-4o-mini")
     conversation = client.conversations.create(agent_id=agent.id)
     running = threading.Thread(target=_send_quietly, args=(client, conversation.id, "[[latency=60]] hi"))
     running.start()
     time.sleep(1.0)
-    _signal(fresh_server, "TERM-pid")  # drains: the turn has 20 s
+    fresh_server.send_signal("TERM-pid")  # drains: the turn has 20 s
     time.sleep(1.0)
     began = time.monotonic()
-    _signal(fresh_server, "TERM-pid")
+    fresh_server.send_signal("TERM-pid")
     fresh_server.process.wait(15)
     assert time.monotonic() - began < 15
     _assert_nothing_left(members, fresh_server)
@@ -170,8 +136,8 @@ def test_draining_finishes_running_turns_and_refuses_new_work(
         turn = threading.Thread(target=run_turn)
         turn.start()
         time.sleep(1.0)
-        members = _members(server)
-        _signal(server, "TERM-pid")
+        members = server.members()
+        server.send_signal("TERM-pid")
 
         # Draining: health says so, a new send is refused with Retry-After, reads still answer.
         deadline = time.monotonic() + 10
@@ -219,7 +185,7 @@ def test_turns_past_the_drain_time_end_cancelled(fake_llm: FakeLLMProcess, tmp_p
         turn = threading.Thread(target=run_turn)
         turn.start()
         time.sleep(1.0)
-        _signal(server, "INT-pid")
+        server.send_signal("INT-pid")
         turn.join(30)
         assert not turn.is_alive()
         assert [c.stop_reason for c in chunks if c.message_type == "stop_reason"] == ["cancelled"]
@@ -234,8 +200,8 @@ def test_restart_on_the_same_port_after_a_kill_answers_only_as_the_new_server(
 ) -> None:
     port = free_port()
     first = start_server(fake_llm, tmp_path / "first", port=port)
-    members = _members(first)
-    _signal(first, "KILL-pid")
+    members = first.members()
+    first.send_signal("KILL-pid")
     first.process.wait(10)
     # At once, before the old tree may be gone: on another data directory, with a key this time.
     second = start_server(fake_llm, tmp_path / "second", port=port, env={"PARLEY_API_KEY": "new-key"})
@@ -352,7 +318,7 @@ def test_a_background_run_cut_by_the_drain_is_readable_after_a_restart(
         )
         run_id = next(c.run_id for c in stream if getattr(c, "run_id", None))
         stream.close()
-        _signal(server, "TERM-group")
+        server.send_signal("TERM-group")
         assert server.process.wait(STOP_TIMEOUT_SECONDS) == 0, server.log_tail()
     finally:
         server.stop()
@@ -380,13 +346,13 @@ def test_a_signal_while_starting_ends_everything(fake_llm: FakeLLMProcess, tmp_p
         deadline = time.monotonic() + 120
         members: list[psutil.Process] = []
         while time.monotonic() < deadline:  # until Ray is up under it, not yet serving
-            members = _members(server)
+            members = server.members()
             if any(_name(p).startswith("raylet") for p in members):
                 break
             time.sleep(0.2)
         assert httpx.get(f"{server.url}/v1/health/").status_code == 503
-        _signal(server, "TERM-group")
+        server.send_signal("TERM-group")
         server.process.wait(STOP_TIMEOUT_SECONDS)
-        _assert_nothing_left(_members(server) + members, server)
+        _assert_nothing_left(server.members() + members, server)
     finally:
         server.stop()
