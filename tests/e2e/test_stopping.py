@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -46,6 +47,34 @@ def fresh_server(fake_llm: FakeLLMProcess, tmp_path: Path) -> Iterator[ServerPro
     server.stop()
 
 
+class _TurnInAThread:
+    """A turn sent on a thread of its own, its chunks collected as they arrive."""
+
+    def __init__(self, client: Letta, conversation_id: str, prompt: str) -> None:
+        self.chunks: list[Any] = []
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._send, args=(client, conversation_id, prompt))
+        self.thread.start()
+
+    def _send(self, client: Letta, conversation_id: str, prompt: str) -> None:
+        try:
+            for chunk in client.conversations.messages.create(
+                conversation_id, messages=[{"role": "user", "content": prompt}]
+            ):
+                self.chunks.append(chunk)
+        except Exception as error:  # the server may be killed under it: each test says if that is wrong
+            self.error = error
+
+    def join(self, timeout: float) -> bool:
+        """Whether the turn ended within ``timeout``."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    @property
+    def stop_reasons(self) -> list[str | None]:
+        return [getattr(c, "stop_reason", None) for c in self.chunks if c.message_type == "stop_reason"]
+
+
 def _name(proc: psutil.Process) -> str:
     try:
         return proc.name()
@@ -77,8 +106,7 @@ def test_term_then_kill_as_a_supervisor_would(fresh_server: ServerProcess) -> No
     client = Letta(base_url=fresh_server.url)
     agent = client.agents.create(model="openai/gpt-4o-mini")
     conversation = client.conversations.create(agent_id=agent.id)
-    running = threading.Thread(target=_send_quietly, args=(client, conversation.id, "[[latency=30]] hi"))
-    running.start()  # a turn that outlasts the 3 s
+    running = _TurnInAThread(client, conversation.id, "[[latency=30]] hi")  # outlasts the 3 s
     time.sleep(1.0)
     fresh_server.send_signal("TERM-group")
     time.sleep(3.0)
@@ -88,24 +116,12 @@ def test_term_then_kill_as_a_supervisor_would(fresh_server: ServerProcess) -> No
     running.join(30)
 
 
-def _send_quietly(client: Letta, conversation_id: str, text: str) -> None:
-    try:
-        list(
-            client.conversations.messages.create(
-                conversation_id, messages=[{"role": "user", "content": text}]
-            )
-        )
-    except Exception:  # the server was killed under it: that is the test
-        pass
-
-
 def test_a_second_signal_stops_at_once(fresh_server: ServerProcess) -> None:
     members = fresh_server.members()
     client = Letta(base_url=fresh_server.url)
     agent = client.agents.create(model="openai/gpt-4o-mini")
     conversation = client.conversations.create(agent_id=agent.id)
-    running = threading.Thread(target=_send_quietly, args=(client, conversation.id, "[[latency=60]] hi"))
-    running.start()
+    running = _TurnInAThread(client, conversation.id, "[[latency=60]] hi")
     time.sleep(1.0)
     fresh_server.send_signal("TERM-pid")  # drains: the turn has 20 s
     time.sleep(1.0)
@@ -125,16 +141,7 @@ def test_draining_finishes_running_turns_and_refuses_new_work(
         client = Letta(base_url=server.url, max_retries=0)
         agent = client.agents.create(model="openai/gpt-4o-mini")
         busy, other = (client.conversations.create(agent_id=agent.id) for _ in range(2))
-        chunks: list[object] = []
-
-        def run_turn() -> None:
-            for chunk in client.conversations.messages.create(
-                busy.id, messages=[{"role": "user", "content": "[[latency=4]] say hi"}]
-            ):
-                chunks.append(chunk)
-
-        turn = threading.Thread(target=run_turn)
-        turn.start()
+        turn = _TurnInAThread(client, busy.id, "[[latency=4]] say hi")
         time.sleep(1.0)
         members = server.members()
         server.send_signal("TERM-pid")
@@ -160,8 +167,7 @@ def test_draining_finishes_running_turns_and_refuses_new_work(
         assert openai_refused.json()["error"]["code"] == "server_draining"
 
         turn.join(30)
-        stop_reasons = [getattr(c, "stop_reason", None) for c in chunks if c.message_type == "stop_reason"]
-        assert stop_reasons == ["end_turn"]  # the running turn finished, not cut
+        assert turn.stop_reasons == ["end_turn"], turn.error  # the running turn finished, not cut
         assert server.process.wait(STOP_TIMEOUT_SECONDS) == 0
         _assert_nothing_left(members, server)
     finally:
@@ -174,21 +180,11 @@ def test_turns_past_the_drain_time_end_cancelled(fake_llm: FakeLLMProcess, tmp_p
         client = Letta(base_url=server.url, max_retries=0)
         agent = client.agents.create(model="openai/gpt-4o-mini")
         conversation = client.conversations.create(agent_id=agent.id)
-        chunks: list[object] = []
-
-        def run_turn() -> None:
-            for chunk in client.conversations.messages.create(
-                conversation.id, messages=[{"role": "user", "content": "[[latency=60]] say hi"}]
-            ):
-                chunks.append(chunk)
-
-        turn = threading.Thread(target=run_turn)
-        turn.start()
+        turn = _TurnInAThread(client, conversation.id, "[[latency=60]] say hi")
         time.sleep(1.0)
         server.send_signal("INT-pid")
-        turn.join(30)
-        assert not turn.is_alive()
-        assert [c.stop_reason for c in chunks if c.message_type == "stop_reason"] == ["cancelled"]
+        assert turn.join(30)
+        assert turn.stop_reasons == ["cancelled"], turn.error
         assert server.process.wait(STOP_TIMEOUT_SECONDS) == 0
         assert "1 cancelled" in server.log_tail(200)
     finally:
