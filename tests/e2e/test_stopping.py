@@ -209,22 +209,14 @@ def test_restart_on_the_same_port_after_a_kill_answers_only_as_the_new_server(
         second.stop()
 
 
+def _serve(port: int, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``parley serve`` run to its end (a refused one ends at once), its output kept."""
+    command = [sys.executable, "-m", "parley", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_a_second_server_on_one_data_directory_is_refused(fresh_server: ServerProcess) -> None:
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "parley",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(fresh_server.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = _serve(free_port(), fresh_server.data_dir)
     assert refused.returncode == 2
     assert "another parley serve" in refused.stderr
     assert str(fresh_server.data_dir) in refused.stderr
@@ -245,21 +237,7 @@ def test_a_port_taken_by_something_else_is_refused(fake_llm: FakeLLMProcess, tmp
                 if c.status == psutil.CONN_LISTEN
             ]
             time.sleep(0.1)
-        refused = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "parley",
-                "serve",
-                "--port",
-                str(listening[0]),
-                "--data-dir",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        refused = _serve(listening[0], tmp_path)
         assert refused.returncode == 2
         assert f"port {listening[0]}" in refused.stderr and f"pid {holder.pid}" in refused.stderr
     finally:
