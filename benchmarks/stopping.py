@@ -11,8 +11,6 @@ process's exit code, seconds to its exit, seconds until no process of the server
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -36,44 +34,22 @@ LEFT_WAIT_SECONDS = 30.0
 
 def _send(server: ServerProcess, way: str) -> None:
     for step in way.split("+"):
-        signal_name, _, rest = step.partition("-")
-        target, _, delay = rest.partition("@")
+        how, _, delay = step.partition("@")
         if delay:
             time.sleep(float(delay.rstrip("s")))
-        sig = getattr(signal, "SIG" + signal_name)
-        if target == "group":
-            os.killpg(server.process.pid, sig)
-        else:
-            os.kill(server.process.pid, sig)
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.Error:
-            continue
-    return alive
+        server.send_signal(how)
 
 
 def measure(way: str, data_dir: Path, fake: FakeLLMProcess) -> tuple[object, ...]:
     server = start_server(fake, data_dir)
     rss_mib = psutil.Process(server.process.pid).memory_info().rss / 2**20
-    members = list({p.pid: p for p in [*server.tree(), *server.session()]}.values())
+    members = server.members()
     began = time.monotonic()
     _send(server, way)
     code = server.process.wait(60)
     exited = time.monotonic() - began
-    while (left := _alive([*members, *server.session()])) and time.monotonic() - began < LEFT_WAIT_SECONDS:
-        time.sleep(0.1)
+    left = server.left_after(members, LEFT_WAIT_SECONDS - exited)  # killed: nothing stays behind
     gone = time.monotonic() - began
-    for proc in left:  # leave nothing behind, and report it
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
     return (way, len(members), code, f"{exited:.1f}", f"{gone:.1f}", len(left), f"{rss_mib:.0f}")
 
 

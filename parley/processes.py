@@ -223,13 +223,45 @@ class ServerProcess:
         except (OSError, psutil.Error):
             return False
 
+    def members(self) -> list[psutil.Process]:
+        """Every process of the server now, each once: its tree and its session."""
+        return list({proc.pid: proc for proc in [*self.tree(), *self.session()]}.values())
+
+    def send_signal(self, how: str) -> None:
+        """``SIGNAL-pid`` or ``SIGNAL-group`` (``TERM-group``, ``KILL-pid`` ...): the signal to the
+        server's process alone, or to its process group (what a supervisor or a shell's Ctrl-C
+        reaches)."""
+        signal_name, _, target = how.partition("-")
+        sig = signal.Signals["SIG" + signal_name]
+        if target == "group":
+            os.killpg(self.process.pid, sig)
+        elif target == "pid":
+            os.kill(self.process.pid, sig)
+        else:
+            raise ValueError(f"not SIGNAL-pid or SIGNAL-group: {how!r}")
+
+    def left_after(self, members: Iterable[psutil.Process], seconds: float) -> list[psutil.Process]:
+        """What still runs of ``members`` and of the server's session once they all ended, or after
+        ``seconds`` at most; killed before it is returned, so a caller that reports it (or fails on
+        it) leaves nothing behind."""
+        members = list(members)
+        deadline = time.monotonic() + seconds
+        while (left := _running([*members, *self.session()])) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        return left
+
     def kill(self, timeout: float = 20.0) -> int:
         """Crash the server: SIGKILL it and every process it started (GCS, raylet, workers,
         HAProxy) with no warning, so no shutdown code runs. Returns how many processes it killed.
 
         The whole session is frozen (SIGSTOP) before anything dies, so no process sees another one
         go and reacts (a replica noticing its client left, say): all of them stop at one instant."""
-        members = {proc.pid: proc for proc in [*self.tree(), *self.session()]}
+        members = {proc.pid: proc for proc in self.members()}
         haproxy_dir = _environ_value(members.values(), HAPROXY_DIR_VARIABLE)
         killed: set[int] = set()
         deadline = time.monotonic() + timeout
@@ -286,6 +318,19 @@ def _status(proc: psutil.Process) -> str | None:
         return proc.status()
     except psutil.Error:
         return None
+
+
+def _running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running, each once (a zombie has ended: only its parent's wait is
+    missing)."""
+    running = []
+    for proc in {proc.pid: proc for proc in procs}.values():
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+        except psutil.Error:
+            continue
+    return running
 
 
 def _environ_value(procs: Iterable[psutil.Process], name: str) -> str | None:

@@ -101,15 +101,20 @@ class Supervisor:
         previous_wakeup = signal.set_wakeup_fd(wake_write)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda received, _frame: self._signals.append(received))
+        code: int | None = None
         try:
-            return self._watch(driver, ready_read, wake_read)
+            code = self._watch(driver, ready_read, wake_read)
+            return code
         finally:
             signal.set_wakeup_fd(previous_wakeup)
             for fd in (ready_read, wake_read, wake_write):
                 os.close(fd)
             if self._listener is not None:
                 self._listener.close()
-            left = self._end_instance()
+            # A driver that exited 0 drained and shut its Ray down (``parley.server.stop``) and left
+            # nothing: the sweep would only read every process's environment to find so. Any other
+            # end (killed, crashed, a second signal, an error here) may have left processes.
+            left = self._end_instance() if code != 0 else 0
             if left:
                 print(f"Parley: ended {left} process(es) the server left behind", flush=True)
             if driver.stdin is not None:

@@ -9,11 +9,11 @@ settings at request time (the app object is built before the settings are known)
 from __future__ import annotations
 
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import services
+from .errors import send_json_error
 
 OPEN_PATHS = ("/v1/health",)  # load balancers and readiness probes carry no key
 
@@ -44,27 +44,4 @@ def _presented(scope: Scope) -> str | None:
 
 async def _unauthorized(scope: Scope, send: Send) -> None:
     message = "Missing or invalid API key: send 'Authorization: Bearer <key>'."
-    if scope["path"].startswith("/openai/"):
-        body = {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "invalid_api_key",
-            }
-        }
-    else:
-        body = {"detail": message}
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"www-authenticate", b"Bearer"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_json_error(scope, send, 401, message, "invalid_api_key", {"www-authenticate": "Bearer"})

@@ -9,6 +9,7 @@ default, which would hide the conflict from the caller. The two body shapes are 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 from runtime.errors import (
     Conflict,
@@ -87,7 +89,11 @@ def status_of(exc: ParleyError) -> int:
 
 
 def is_openai(request: Request) -> bool:
-    return request.url.path.startswith("/openai/")
+    return _is_openai_path(request.url.path)
+
+
+def _is_openai_path(path: str) -> bool:
+    return path.startswith("/openai/")
 
 
 def error_response(request: Request, exc: ParleyError) -> JSONResponse:
@@ -112,6 +118,32 @@ def error_response(request: Request, exc: ParleyError) -> JSONResponse:
 def openai_body(status: int, message: str, param: str | None, code: str | None) -> dict[str, Any]:
     kind = _OPENAI_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+async def send_json_error(
+    scope: Scope, send: Send, status: int, message: str, code: str, headers: dict[str, str]
+) -> None:
+    """An error answered by an ASGI middleware (auth, the lifecycle gate), in the body shape of the
+    surface the request is on: it runs before FastAPI routes the request, so no exception handler
+    above sees it. ``code`` is the OpenAI body's ``code``; ``headers`` are sent besides the body's."""
+    if _is_openai_path(scope["path"]):
+        body = openai_body(status, message, None, code)
+    else:
+        body = {"detail": message}
+    payload = json.dumps(body).encode()
+    extra = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 def describe_validation(exc: RequestValidationError) -> str:

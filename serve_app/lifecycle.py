@@ -11,13 +11,12 @@ known state without an await.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors.lifecycle import ServerState
 
 from . import services
+from .errors import send_json_error
 
 HEALTH_PATH = "/v1/health"
 RETRY_AFTER_SECONDS = 2
@@ -54,22 +53,5 @@ async def unavailable(scope: Scope, send: Send, state: ServerState) -> None:
         message = "Parley is starting; try again shortly."
     else:
         message = "Parley is shutting down and takes no new work; try again shortly (or on another server)."
-    if scope["path"].startswith("/openai/"):
-        body: dict[str, object] = {
-            "error": {"message": message, "type": "server_error", "param": None, "code": f"server_{state}"}
-        }
-    else:
-        body = {"detail": message}
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    retry_after = {"retry-after": str(RETRY_AFTER_SECONDS)}
+    await send_json_error(scope, send, 503, message, f"server_{state}", retry_after)

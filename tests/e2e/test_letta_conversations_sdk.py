@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from letta_client import BadRequestError, ConflictError, Letta
@@ -79,6 +80,15 @@ def paced_agent(paced_client: Letta):
     yield from seed_agent(paced_client)
 
 
+def send_and_collect(client: Letta, conversation_id: str, content: str) -> list[Any]:
+    """One user message to a conversation, and every chunk of the turn it starts."""
+    return list(
+        client.conversations.messages.create(
+            conversation_id=conversation_id, messages=[{"role": "user", "content": content}]
+        )
+    )
+
+
 class TestConversationsSDK:
     def test_create_conversation(self, client: Letta, agent):
         conversation = client.conversations.create(agent_id=agent.id)
@@ -104,12 +114,7 @@ class TestConversationsSDK:
         assert len(retrieved.in_context_message_ids) == 1
         assert retrieved.in_context_message_ids[0].startswith("message-")
 
-        list(
-            client.conversations.messages.create(
-                conversation_id=created.id,
-                messages=[{"role": "user", "content": "Hello!"}],
-            )
-        )
+        send_and_collect(client, created.id, "Hello!")
 
         retrieved_with_messages = client.conversations.retrieve(conversation_id=created.id)
         assert len(retrieved_with_messages.in_context_message_ids) >= 3  # system + user + assistant
@@ -125,22 +130,14 @@ class TestConversationsSDK:
 
     def test_send_message_to_conversation(self, client: Letta, agent):
         conversation = client.conversations.create(agent_id=agent.id)
-        stream = client.conversations.messages.create(
-            conversation_id=conversation.id,
-            messages=[{"role": "user", "content": "Hello, how are you?"}],
-        )
-        messages = list(stream)
+        messages = send_and_collect(client, conversation.id, "Hello, how are you?")
         assert len(messages) > 0
         message_types = [m.message_type for m in messages if hasattr(m, "message_type")]
         assert "assistant_message" in message_types
 
     def test_list_conversation_messages(self, client: Letta, agent):
         conversation = client.conversations.create(agent_id=agent.id)
-        stream = client.conversations.messages.create(
-            conversation_id=conversation.id,
-            messages=[{"role": "user", "content": "Say 'test response' back to me."}],
-        )
-        list(stream)
+        send_and_collect(client, conversation.id, "Say 'test response' back to me.")
 
         messages = client.conversations.messages.list(conversation_id=conversation.id).items
         assert len(messages) >= 2  # at least user + assistant
@@ -149,29 +146,15 @@ class TestConversationsSDK:
         assert "assistant_message" in message_types
 
         first_message_count = len(messages)
-        stream = client.conversations.messages.create(
-            conversation_id=conversation.id,
-            messages=[{"role": "user", "content": "This is a follow-up message."}],
-        )
-        list(stream)
+        send_and_collect(client, conversation.id, "This is a follow-up message.")
         updated_messages = client.conversations.messages.list(conversation_id=conversation.id).items
         assert len(updated_messages) >= first_message_count + 2
 
     def test_conversation_isolation(self, client: Letta, agent):
         conv1 = client.conversations.create(agent_id=agent.id)
         conv2 = client.conversations.create(agent_id=agent.id)
-        list(
-            client.conversations.messages.create(
-                conversation_id=conv1.id,
-                messages=[{"role": "user", "content": "Remember the word: APPLE"}],
-            )
-        )
-        list(
-            client.conversations.messages.create(
-                conversation_id=conv2.id,
-                messages=[{"role": "user", "content": "Remember the word: BANANA"}],
-            )
-        )
+        send_and_collect(client, conv1.id, "Remember the word: APPLE")
+        send_and_collect(client, conv2.id, "Remember the word: BANANA")
 
         conv1_messages = list(client.conversations.messages.list(conversation_id=conv1.id))
         conv2_messages = list(client.conversations.messages.list(conversation_id=conv2.id))
@@ -182,16 +165,8 @@ class TestConversationsSDK:
         assert "BANANA" not in conv1_content or "APPLE" not in conv2_content
 
         recall = "What word did I ask you to remember? Reply with just the word."
-        conv1_recall = list(
-            client.conversations.messages.create(
-                conversation_id=conv1.id, messages=[{"role": "user", "content": recall}]
-            )
-        )
-        conv2_recall = list(
-            client.conversations.messages.create(
-                conversation_id=conv2.id, messages=[{"role": "user", "content": recall}]
-            )
-        )
+        conv1_recall = send_and_collect(client, conv1.id, recall)
+        conv2_recall = send_and_collect(client, conv2.id, recall)
         conv1_response = " ".join(
             [m.content for m in conv1_recall if getattr(m, "message_type", None) == "assistant_message"]
         )
@@ -209,12 +184,7 @@ class TestConversationsSDK:
     def test_conversation_messages_pagination(self, client: Letta, agent):
         conversation = client.conversations.create(agent_id=agent.id)
         for i in range(3):
-            list(
-                client.conversations.messages.create(
-                    conversation_id=conversation.id,
-                    messages=[{"role": "user", "content": f"Message number {i}"}],
-                )
-            )
+            send_and_collect(client, conversation.id, f"Message number {i}")
         messages = client.conversations.messages.list(conversation_id=conversation.id, limit=2)
         assert len(messages.items) <= 2
 
@@ -227,12 +197,7 @@ class TestConversationsSDK:
 
     def test_retrieve_conversation_stream_after_completed_run(self, client: Letta, agent):
         conversation = client.conversations.create(agent_id=agent.id)
-        list(
-            client.conversations.messages.create(
-                conversation_id=conversation.id,
-                messages=[{"role": "user", "content": "Hello"}],
-            )
-        )
+        send_and_collect(client, conversation.id, "Hello")
         with pytest.raises(BadRequestError) as exc_info:
             stream = client.conversations.messages.stream(conversation_id=conversation.id)
             list(stream)
@@ -240,39 +205,19 @@ class TestConversationsSDK:
 
     def test_conversation_lock_released_after_completion(self, client: Letta, agent):
         conversation = client.conversations.create(agent_id=agent.id)
-        messages1 = list(
-            client.conversations.messages.create(
-                conversation_id=conversation.id,
-                messages=[{"role": "user", "content": "Hello"}],
-            )
-        )
+        messages1 = send_and_collect(client, conversation.id, "Hello")
         assert len(messages1) > 0
-        messages2 = list(
-            client.conversations.messages.create(
-                conversation_id=conversation.id,
-                messages=[{"role": "user", "content": "Hello again"}],
-            )
-        )
+        messages2 = send_and_collect(client, conversation.id, "Hello again")
         assert len(messages2) > 0
 
     def test_conversation_lock_released_on_error(self, client: Letta, agent):
         conversation = client.conversations.create(agent_id=agent.id)
         very_long_message = "Hello " * 100000  # meant to exceed the context window
         try:
-            list(
-                client.conversations.messages.create(
-                    conversation_id=conversation.id,
-                    messages=[{"role": "user", "content": very_long_message}],
-                )
-            )
+            send_and_collect(client, conversation.id, very_long_message)
         except Exception:
             pass  # expected to fail
-        messages = list(
-            client.conversations.messages.create(
-                conversation_id=conversation.id,
-                messages=[{"role": "user", "content": "Hello after error"}],
-            )
-        )
+        messages = send_and_collect(client, conversation.id, "Hello after error")
         assert len(messages) > 0, "Lock should be released even after run error"
 
     def test_concurrent_messages_to_same_conversation(self, paced_client: Letta, paced_agent):
@@ -282,12 +227,7 @@ class TestConversationsSDK:
 
         def send_message(msg: str):
             try:
-                messages = list(
-                    client.conversations.messages.create(
-                        conversation_id=conversation.id,
-                        messages=[{"role": "user", "content": msg}],
-                    )
-                )
+                messages = send_and_collect(client, conversation.id, msg)
                 return ("success", messages)
             except ConflictError:
                 return ("conflict", None)
@@ -306,10 +246,5 @@ class TestConversationsSDK:
         assert results["conflict"] == 1, f"Expected 1 conflict, got {results}"
         assert results["other_error"] == 0, f"Unexpected errors: {results}"
 
-        messages = list(
-            client.conversations.messages.create(
-                conversation_id=conversation.id,
-                messages=[{"role": "user", "content": "Message after concurrent requests"}],
-            )
-        )
+        messages = send_and_collect(client, conversation.id, "Message after concurrent requests")
         assert len(messages) > 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,28 +44,17 @@ class SeedConfig:
     anthropic_reasoning: bool = False
 
 
+def _openai_reasoner(name: str, model: str, effort: str) -> SeedConfig:
+    """An OpenAI reasoning model at ``effort``, set through the agent's model settings."""
+    settings = {"provider_type": "openai", "reasoning": {"reasoning_effort": effort}}
+    update = {"model": model, "model_settings": settings}
+    return SeedConfig(name, "openai", update, openai_reasoning=True, reasoning_effort=effort)
+
+
 TESTED_LLM_CONFIGS = [
     SeedConfig("gpt-4o-mini", "openai", {"model": "openai/gpt-4o-mini"}),
-    SeedConfig(
-        "openai-o3",
-        "openai",
-        {
-            "model": "openai/o3",
-            "model_settings": {"provider_type": "openai", "reasoning": {"reasoning_effort": "medium"}},
-        },
-        openai_reasoning=True,
-        reasoning_effort="medium",
-    ),
-    SeedConfig(
-        "openai-gpt-5",
-        "openai",
-        {
-            "model": "openai/gpt-5",
-            "model_settings": {"provider_type": "openai", "reasoning": {"reasoning_effort": "high"}},
-        },
-        openai_reasoning=True,
-        reasoning_effort="high",
-    ),
+    _openai_reasoner("openai-o3", "openai/o3", "medium"),
+    _openai_reasoner("openai-gpt-5", "openai/gpt-5", "high"),
     SeedConfig("claude-3-5-sonnet", "anthropic", {"model": "anthropic/claude-3-5-sonnet-20241022"}),
     SeedConfig(
         "claude-3-7-sonnet-extended",
@@ -292,46 +282,50 @@ def _send(
     return chunks, chunks[0].run_id
 
 
+@dataclass(frozen=True)
+class SeedTurn:
+    """One of the seed's two turns: what is sent, and the seed's check of what comes back."""
+
+    messages: list[dict[str, Any]]
+    check: Callable[..., None]  # (messages, config, streaming=, [token_streaming=,] from_db=)
+    checks_token_streaming: bool  # only the greeting's check tells token streaming apart
+
+
+GREETING = SeedTurn(USER_MESSAGE_FORCE_REPLY, assert_greeting_response, checks_token_streaming=True)
+TOOL_CALL = SeedTurn(USER_MESSAGE_ROLL_DICE, assert_tool_call_response, checks_token_streaming=False)
+
+
+def _seed_flow(
+    client: Letta, agent_state: Any, llm_config: SeedConfig, send_type: str, turn: SeedTurn
+) -> None:
+    """The seed's test body, the same for both turns: switch the model, send, check what came back
+    (and its replay, for a background run), then the new turn as the agent's messages list it."""
+    last_message = client.agents.messages.list(agent_id=agent_state.id, limit=1)
+    agent_state = client.agents.update(agent_id=agent_state.id, **llm_config.update)
+    messages, run_id = _send(client, agent_state.id, send_type, turn.messages)
+    streamed = {"streaming": ("stream" in send_type)}
+    if turn.checks_token_streaming:
+        streamed["token_streaming"] = send_type == "stream_tokens"
+    turn.check(messages, llm_config, **streamed)
+    if "background" in send_type:
+        replayed = accumulate_chunks(client.runs.messages.stream(run_id, starting_after=0))
+        turn.check(replayed, llm_config, **streamed)
+    messages_from_db = client.agents.messages.list(agent_id=agent_state.id, after=last_message.items[0].id)
+    turn.check(list(messages_from_db), llm_config, from_db=True)
+    assert run_id is not None
+    assert client.runs.retrieve(run_id=run_id).status == "completed"
+
+
 @pytest.mark.parametrize("llm_config", TESTED_LLM_CONFIGS, ids=[c.name for c in TESTED_LLM_CONFIGS])
 @pytest.mark.parametrize("send_type", SEND_TYPES)
 def test_greeting(client: Letta, agent_state, llm_config: SeedConfig, send_type: str) -> None:
-    last_message = client.agents.messages.list(agent_id=agent_state.id, limit=1)
-    agent_state = client.agents.update(agent_id=agent_state.id, **llm_config.update)
-    messages, run_id = _send(client, agent_state.id, send_type, USER_MESSAGE_FORCE_REPLY)
-    assert_greeting_response(
-        messages,
-        llm_config,
-        streaming=("stream" in send_type),
-        token_streaming=(send_type == "stream_tokens"),
-    )
-    if "background" in send_type:
-        replayed = accumulate_chunks(client.runs.messages.stream(run_id, starting_after=0))
-        assert_greeting_response(
-            replayed,
-            llm_config,
-            streaming=("stream" in send_type),
-            token_streaming=(send_type == "stream_tokens"),
-        )
-    messages_from_db = client.agents.messages.list(agent_id=agent_state.id, after=last_message.items[0].id)
-    assert_greeting_response(list(messages_from_db), llm_config, from_db=True)
-    assert run_id is not None
-    assert client.runs.retrieve(run_id=run_id).status == "completed"
+    _seed_flow(client, agent_state, llm_config, send_type, GREETING)
 
 
 @pytest.mark.parametrize("llm_config", TESTED_LLM_CONFIGS, ids=[c.name for c in TESTED_LLM_CONFIGS])
 @pytest.mark.parametrize("send_type", SEND_TYPES)
 def test_tool_call(client: Letta, agent_state, llm_config: SeedConfig, send_type: str) -> None:
-    last_message = client.agents.messages.list(agent_id=agent_state.id, limit=1)
-    agent_state = client.agents.update(agent_id=agent_state.id, **llm_config.update)
-    messages, run_id = _send(client, agent_state.id, send_type, USER_MESSAGE_ROLL_DICE)
-    assert_tool_call_response(messages, llm_config, streaming=("stream" in send_type))
-    if "background" in send_type:
-        replayed = accumulate_chunks(client.runs.messages.stream(run_id, starting_after=0))
-        assert_tool_call_response(replayed, llm_config, streaming=("stream" in send_type))
-    messages_from_db = client.agents.messages.list(agent_id=agent_state.id, after=last_message.items[0].id)
-    assert_tool_call_response(list(messages_from_db), llm_config, from_db=True)
-    assert run_id is not None
-    assert client.runs.retrieve(run_id=run_id).status == "completed"
+    _seed_flow(client, agent_state, llm_config, send_type, TOOL_CALL)
 
 
 OPENAI_REASONERS = [c for c in TESTED_LLM_CONFIGS if c.openai_reasoning]

@@ -6,8 +6,6 @@ its instance may outlive it by more than 10 s.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -29,27 +28,9 @@ GONE_WITHIN_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 60.0
 
 
-def _survivors(members: list[psutil.Process], server: ServerProcess) -> list[psutil.Process]:
-    alive = []
-    for proc in [*members, *server.session()]:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.Error:
-            continue
-    return alive
-
-
 def _assert_nothing_left(members: list[psutil.Process], server: ServerProcess) -> None:
     """Within 10 s of the main process's end, no process of the server remains."""
-    deadline = time.monotonic() + GONE_WITHIN_SECONDS
-    while (alive := _survivors(members, server)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for proc in alive:  # leave nothing behind for the next test, then fail
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+    alive = server.left_after(members, GONE_WITHIN_SECONDS)  # killed: nothing stays for the next test
     described = []
     for proc in alive:
         try:
@@ -66,6 +47,34 @@ def fresh_server(fake_llm: FakeLLMProcess, tmp_path: Path) -> Iterator[ServerPro
     server.stop()
 
 
+class _TurnInAThread:
+    """A turn sent on a thread of its own, its chunks collected as they arrive."""
+
+    def __init__(self, client: Letta, conversation_id: str, prompt: str) -> None:
+        self.chunks: list[Any] = []
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._send, args=(client, conversation_id, prompt))
+        self.thread.start()
+
+    def _send(self, client: Letta, conversation_id: str, prompt: str) -> None:
+        try:
+            for chunk in client.conversations.messages.create(
+                conversation_id, messages=[{"role": "user", "content": prompt}]
+            ):
+                self.chunks.append(chunk)
+        except Exception as error:  # the server may be killed under it: each test says if that is wrong
+            self.error = error
+
+    def join(self, timeout: float) -> bool:
+        """Whether the turn ended within ``timeout``."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    @property
+    def stop_reasons(self) -> list[str | None]:
+        return [getattr(c, "stop_reason", None) for c in self.chunks if c.message_type == "stop_reason"]
+
+
 def _name(proc: psutil.Process) -> str:
     try:
         return proc.name()
@@ -73,25 +82,11 @@ def _name(proc: psutil.Process) -> str:
         return ""
 
 
-def _members(server: ServerProcess) -> list[psutil.Process]:
-    return list({p.pid: p for p in [*server.tree(), *server.session()]}.values())
-
-
-def _signal(server: ServerProcess, how: str) -> None:
-    pid = server.process.pid
-    sig = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "KILL": signal.SIGKILL}
-    kind, target = how.split("-")
-    if target == "group":
-        os.killpg(pid, sig[kind])
-    else:
-        os.kill(pid, sig[kind])
-
-
 @pytest.mark.parametrize("how", ["TERM-group", "TERM-pid", "INT-group", "INT-pid"])
 def test_a_stop_signal_drains_and_exits_0_leaving_nothing(fresh_server: ServerProcess, how: str) -> None:
-    members = _members(fresh_server)
+    members = fresh_server.members()
     assert len(members) > 5  # GCS, raylet, workers, HAProxy ...
-    _signal(fresh_server, how)
+    fresh_server.send_signal(how)
     assert fresh_server.process.wait(STOP_TIMEOUT_SECONDS) == 0, fresh_server.log_tail()
     _assert_nothing_left(members, fresh_server)
     assert "Parley drained" in fresh_server.log_tail(200)
@@ -99,52 +94,39 @@ def test_a_stop_signal_drains_and_exits_0_leaving_nothing(fresh_server: ServerPr
 
 @pytest.mark.parametrize("how", ["KILL-pid", "KILL-group"])
 def test_a_killed_server_takes_its_tree_with_it(fresh_server: ServerProcess, how: str) -> None:
-    members = _members(fresh_server)
-    _signal(fresh_server, how)
+    members = fresh_server.members()
+    fresh_server.send_signal(how)
     fresh_server.process.wait(10)
     _assert_nothing_left(members, fresh_server)
 
 
 def test_term_then_kill_as_a_supervisor_would(fresh_server: ServerProcess) -> None:
     """A supervisor's stop timeout: SIGTERM to the group, SIGKILL 3 s later."""
-    members = _members(fresh_server)
+    members = fresh_server.members()
     client = Letta(base_url=fresh_server.url)
     agent = client.agents.create(model="openai/gpt-4o-mini")
     conversation = client.conversations.create(agent_id=agent.id)
-    running = threading.Thread(target=_send_quietly, args=(client, conversation.id, "[[latency=30]] hi"))
-    running.start()  # a turn that outlasts the 3 s
+    running = _TurnInAThread(client, conversation.id, "[[latency=30]] hi")  # outlasts the 3 s
     time.sleep(1.0)
-    _signal(fresh_server, "TERM-group")
+    fresh_server.send_signal("TERM-group")
     time.sleep(3.0)
-    _signal(fresh_server, "KILL-group")
+    fresh_server.send_signal("KILL-group")
     fresh_server.process.wait(10)
     _assert_nothing_left(members, fresh_server)
     running.join(30)
 
 
-def _send_quietly(client: Letta, conversation_id: str, text: str) -> None:
-    try:
-        list(
-            client.conversations.messages.create(
-                conversation_id, messages=[{"role": "user", "content": text}]
-            )
-        )
-    except Exception:  # the server was killed under it: that is the test
-        pass
-
-
 def test_a_second_signal_stops_at_once(fresh_server: ServerProcess) -> None:
-    members = _members(fresh_server)
+    members = fresh_server.members()
     client = Letta(base_url=fresh_server.url)
     agent = client.agents.create(model="openai/gpt-4o-mini")
     conversation = client.conversations.create(agent_id=agent.id)
-    running = threading.Thread(target=_send_quietly, args=(client, conversation.id, "[[latency=60]] hi"))
-    running.start()
+    running = _TurnInAThread(client, conversation.id, "[[latency=60]] hi")
     time.sleep(1.0)
-    _signal(fresh_server, "TERM-pid")  # drains: the turn has 20 s
+    fresh_server.send_signal("TERM-pid")  # drains: the turn has 20 s
     time.sleep(1.0)
     began = time.monotonic()
-    _signal(fresh_server, "TERM-pid")
+    fresh_server.send_signal("TERM-pid")
     fresh_server.process.wait(15)
     assert time.monotonic() - began < 15
     _assert_nothing_left(members, fresh_server)
@@ -159,19 +141,10 @@ def test_draining_finishes_running_turns_and_refuses_new_work(
         client = Letta(base_url=server.url, max_retries=0)
         agent = client.agents.create(model="openai/gpt-4o-mini")
         busy, other = (client.conversations.create(agent_id=agent.id) for _ in range(2))
-        chunks: list[object] = []
-
-        def run_turn() -> None:
-            for chunk in client.conversations.messages.create(
-                busy.id, messages=[{"role": "user", "content": "[[latency=4]] say hi"}]
-            ):
-                chunks.append(chunk)
-
-        turn = threading.Thread(target=run_turn)
-        turn.start()
+        turn = _TurnInAThread(client, busy.id, "[[latency=4]] say hi")
         time.sleep(1.0)
-        members = _members(server)
-        _signal(server, "TERM-pid")
+        members = server.members()
+        server.send_signal("TERM-pid")
 
         # Draining: health says so, a new send is refused with Retry-After, reads still answer.
         deadline = time.monotonic() + 10
@@ -194,8 +167,7 @@ def test_draining_finishes_running_turns_and_refuses_new_work(
         assert openai_refused.json()["error"]["code"] == "server_draining"
 
         turn.join(30)
-        stop_reasons = [getattr(c, "stop_reason", None) for c in chunks if c.message_type == "stop_reason"]
-        assert stop_reasons == ["end_turn"]  # the running turn finished, not cut
+        assert turn.stop_reasons == ["end_turn"], turn.error  # the running turn finished, not cut
         assert server.process.wait(STOP_TIMEOUT_SECONDS) == 0
         _assert_nothing_left(members, server)
     finally:
@@ -208,21 +180,11 @@ def test_turns_past_the_drain_time_end_cancelled(fake_llm: FakeLLMProcess, tmp_p
         client = Letta(base_url=server.url, max_retries=0)
         agent = client.agents.create(model="openai/gpt-4o-mini")
         conversation = client.conversations.create(agent_id=agent.id)
-        chunks: list[object] = []
-
-        def run_turn() -> None:
-            for chunk in client.conversations.messages.create(
-                conversation.id, messages=[{"role": "user", "content": "[[latency=60]] say hi"}]
-            ):
-                chunks.append(chunk)
-
-        turn = threading.Thread(target=run_turn)
-        turn.start()
+        turn = _TurnInAThread(client, conversation.id, "[[latency=60]] say hi")
         time.sleep(1.0)
-        _signal(server, "INT-pid")
-        turn.join(30)
-        assert not turn.is_alive()
-        assert [c.stop_reason for c in chunks if c.message_type == "stop_reason"] == ["cancelled"]
+        server.send_signal("INT-pid")
+        assert turn.join(30)
+        assert turn.stop_reasons == ["cancelled"], turn.error
         assert server.process.wait(STOP_TIMEOUT_SECONDS) == 0
         assert "1 cancelled" in server.log_tail(200)
     finally:
@@ -234,8 +196,8 @@ def test_restart_on_the_same_port_after_a_kill_answers_only_as_the_new_server(
 ) -> None:
     port = free_port()
     first = start_server(fake_llm, tmp_path / "first", port=port)
-    members = _members(first)
-    _signal(first, "KILL-pid")
+    members = first.members()
+    first.send_signal("KILL-pid")
     first.process.wait(10)
     # At once, before the old tree may be gone: on another data directory, with a key this time.
     second = start_server(fake_llm, tmp_path / "second", port=port, env={"PARLEY_API_KEY": "new-key"})
@@ -247,22 +209,14 @@ def test_restart_on_the_same_port_after_a_kill_answers_only_as_the_new_server(
         second.stop()
 
 
+def _serve(port: int, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``parley serve`` run to its end (a refused one ends at once), its output kept."""
+    command = [sys.executable, "-m", "parley", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_a_second_server_on_one_data_directory_is_refused(fresh_server: ServerProcess) -> None:
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "parley",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(fresh_server.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = _serve(free_port(), fresh_server.data_dir)
     assert refused.returncode == 2
     assert "another parley serve" in refused.stderr
     assert str(fresh_server.data_dir) in refused.stderr
@@ -283,21 +237,7 @@ def test_a_port_taken_by_something_else_is_refused(fake_llm: FakeLLMProcess, tmp
                 if c.status == psutil.CONN_LISTEN
             ]
             time.sleep(0.1)
-        refused = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "parley",
-                "serve",
-                "--port",
-                str(listening[0]),
-                "--data-dir",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        refused = _serve(listening[0], tmp_path)
         assert refused.returncode == 2
         assert f"port {listening[0]}" in refused.stderr and f"pid {holder.pid}" in refused.stderr
     finally:
@@ -352,7 +292,7 @@ def test_a_background_run_cut_by_the_drain_is_readable_after_a_restart(
         )
         run_id = next(c.run_id for c in stream if getattr(c, "run_id", None))
         stream.close()
-        _signal(server, "TERM-group")
+        server.send_signal("TERM-group")
         assert server.process.wait(STOP_TIMEOUT_SECONDS) == 0, server.log_tail()
     finally:
         server.stop()
@@ -380,13 +320,13 @@ def test_a_signal_while_starting_ends_everything(fake_llm: FakeLLMProcess, tmp_p
         deadline = time.monotonic() + 120
         members: list[psutil.Process] = []
         while time.monotonic() < deadline:  # until Ray is up under it, not yet serving
-            members = _members(server)
+            members = server.members()
             if any(_name(p).startswith("raylet") for p in members):
                 break
             time.sleep(0.2)
         assert httpx.get(f"{server.url}/v1/health/").status_code == 503
-        _signal(server, "TERM-group")
+        server.send_signal("TERM-group")
         server.process.wait(STOP_TIMEOUT_SECONDS)
-        _assert_nothing_left(_members(server) + members, server)
+        _assert_nothing_left(server.members() + members, server)
     finally:
         server.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 from ray_fakes import on_a_loop
 
 from actors.lifecycle import LifecycleActor, ServerState
-from serve_app.lifecycle import refuses
+from serve_app.lifecycle import refuses, unavailable
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,27 @@ def test_health_answers_in_every_state(path: str) -> None:
 )
 def test_draining_refuses_new_work_only(method: str, path: str, refused: bool) -> None:
     assert refuses(ServerState.draining, method, path) is refused
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [("/v1/agents/", "detail"), ("/openai/v1/responses", "error")],
+)
+def test_a_refusal_says_when_to_retry_in_the_shape_of_its_surface(path: str, shape: str) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(unavailable({"path": path}, send, ServerState.draining))
+    start, body = sent
+    headers = dict(start["headers"])
+    assert start["status"] == 503 and headers[b"retry-after"] == b"2"
+    assert int(headers[b"content-length"]) == len(body["body"])
+    answer = json.loads(body["body"])
+    assert list(answer) == [shape]
+    if shape == "error":
+        assert answer["error"]["code"] == "server_draining"
 
 
 @on_a_loop
