@@ -104,6 +104,48 @@ def test_the_cap_holds(letta, small_server):
     letta.agents.delete(agent.id)
 
 
+@pytest.mark.timeout(240)
+def test_a_reader_mid_stream_sees_its_actor_die(letta, small_server):
+    """Its deltas come over a stream channel from the conversation actor; when that actor dies the
+    stream ends at once with an error, and the conversation is served again."""
+    agent = letta.agents.create(model="openai/gpt-4o-mini", include_base_tools=False)
+    conversation_id = letta.conversations.create(agent_id=agent.id).id
+    stream = letta.conversations.messages.create(
+        conversation_id,
+        messages=[{"role": "user", "content": "[[stall=60]] [[stall_after=5]] count to 40"}],
+        stream_tokens=True,
+    )
+    chunks = iter(stream)
+    seen = [next(chunks)]
+    while seen[-1].message_type != "assistant_message":
+        seen.append(next(chunks))
+    live = httpx.get(f"{small_server.url}/v1/_parley/activations", timeout=30).json()
+    host_name = next(a["host"] for a in live["activations"] if a["conversation_id"] == conversation_id)
+    host = next(h for h in live["hosts"] if h["name"] == host_name)
+    killed_at = time.monotonic()
+    _kill(psutil.Process(host["pid"]))
+    rest: list = []
+    try:
+        rest.extend(chunks)
+    except Exception as exc:  # the SDK may raise on the server's error event instead
+        rest.append(exc)
+    finally:
+        stream.close()
+    assert time.monotonic() - killed_at < 20, "the stream did not end when its actor died"
+    # The channel broke; the actor's own error, read from the call behind it, names the cause.
+    assert rest and "interrupted: ActorDiedError" in str(rest[-1]), rest[-3:]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = assistant_text(send(letta, conversation_id, "say back"))
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the conversation was not served again"
+            time.sleep(0.5)
+    assert reply
+    letta.agents.delete(agent.id)
+
+
 def _kill(process: psutil.Process) -> None:
     process.kill()
     process.wait(10)
