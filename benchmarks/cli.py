@@ -27,7 +27,7 @@ from .scenarios import IDLE_QUIET_S, SCENARIOS, SURFACES, TARGETS, Context
 SCHEMA = "parley-bench/1"
 # No baseline can answer 409, passivate, reactivate, or speak the OpenAI surface; fresh and idle
 # measure Parley alone.
-PARLEY_ONLY = ("contention", "memory", "fresh", "reactivation", "idle", "streaming")
+PARLEY_ONLY = ("contention", "memory", "fresh", "reactivation", "idle")
 
 
 def _ints(text: str) -> list[int]:

@@ -132,7 +132,8 @@ def _ms(values: list[float], q: float) -> float | None:
     return percentile(values, q) * 1e3 if values else None
 
 
-def phase_record(results: list[StreamResult], cpu: dict[str, float], wall: float) -> dict[str, Any]:
+def phase_record(results: list[StreamResult], cpu: dict[str, float] | None, wall: float) -> dict[str, Any]:
+    """One phase's figures; ``cpu`` by hop, None when no server's CPU was measured."""
     ok = [r for r in results if r.ok]
     gaps = [g for r in ok for g in r.gaps]
     firsts = [r.first_text for r in ok if r.first_text is not None]
@@ -144,8 +145,8 @@ def phase_record(results: list[StreamResult], cpu: dict[str, float], wall: float
         "first_text_ms": {"p50": _ms(firsts, 50), "p99": _ms(firsts, 99)},
         "gap_ms": {"p50": _ms(gaps, 50), "p99": _ms(gaps, 99), "max": _ms(gaps, 100)},
         "deltas_per_reply": median([float(r.deltas) for r in ok]),
-        "cpu_ms_per_turn": sum(cpu.values()) * 1e3 / n,
-        "hop_cpu_ms_per_turn": {hop: spent * 1e3 / n for hop, spent in cpu.items()},
+        "cpu_ms_per_turn": sum(cpu.values()) * 1e3 / n if cpu is not None else None,
+        "hop_cpu_ms_per_turn": {hop: spent * 1e3 / n for hop, spent in (cpu or {}).items()},
     }
 
 
@@ -168,37 +169,44 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "deltas_per_reply": med(lambda r: r["deltas_per_reply"]),
         "cpu_ms_per_turn": med(lambda r: r["cpu_ms_per_turn"]),
         "other_s": med(lambda r: r.get("other_s")),
-        "hop_cpu_ms_per_turn": {h: med(lambda r, h=h: r["hop_cpu_ms_per_turn"][h]) for h in HOP_NAMES},
+        "hop_cpu_ms_per_turn": {h: med(lambda r, h=h: r["hop_cpu_ms_per_turn"].get(h)) for h in HOP_NAMES},
         "runs": records,
     }
 
 
 async def streaming(ctx) -> dict[str, Any]:
     """For each N of ``--streams`` and each surface: N conversations warmed by one unmeasured
-    streamed turn, then ``--repeats`` phases in which all N stream one reply at once."""
+    streamed turn, then ``--repeats`` phases in which all N stream one reply at once. Then the same
+    through the baselines of ``--targets``: the bare proxy (one process forwarding every chunk, as
+    a single-process server does; its CPU per turn is measured as Parley's) and the fake itself
+    (what this machine and this client make of N streams with no server between)."""
     a = ctx.args
-    clients: Clients = ctx.clients["parley"]
-    targets: dict[str, Target] = {"letta": ctx.targets["parley"], "openai": OpenAITarget(a.model)}
+    surfaces: dict[str, tuple[Clients, Target]] = {}
+    for surface in a.surfaces:
+        target = ctx.targets["parley"] if surface == "letta" else OpenAITarget(a.model)
+        surfaces[surface] = (ctx.clients["parley"], target)
+    for baseline in ("proxy", "direct"):
+        if baseline in ctx.targets:
+            surfaces[baseline] = (ctx.clients[baseline], ctx.targets[baseline])
     points = []
     turn = 0
     for n in a.streams:
-        for surface in a.surfaces:
+        for surface, (clients, target) in surfaces.items():
             if ctx.out_of_time():
                 ctx.warn(f"time budget spent: skipped streams={n} {surface}")
                 continue
-            target = targets[surface]
-            ids = (
-                await ctx.new_conversations("parley", n)
-                if surface == "letta"
-                else await _openai_ids(ctx, clients, target, n)
-            )
+            if surface == "openai":
+                ids = await _openai_ids(ctx, clients, target, n)
+            else:
+                ids = await ctx.new_conversations("parley" if surface == "letta" else surface, n)
+            tree = _measured_tree(ctx, surface)
             records = []
             for repeat in range(a.repeats + 1):  # the first one warms the conversations, unmeasured
                 await ctx.settle(a.settle_between)
                 turn += 1
                 label = "warm-up" if repeat == 0 else f"#{repeat}"
-                ctx.progress.phase(f"parley streaming streams={n} {surface} {label}")
-                meter = HopCpu(ctx.rig.server_tree if ctx.rig.managed else (lambda: []))
+                ctx.progress.phase(f"streaming streams={n} {surface} {label}")
+                meter = HopCpu(tree or (lambda: []))
                 fake = TreeCpu(ctx.rig.fake_tree)
                 me = psutil.Process()
                 meter.start()
@@ -206,7 +214,9 @@ async def streaming(ctx) -> dict[str, Any]:
                 me0, busy0 = sum(me.cpu_times()[:2]), machine_busy_seconds()
                 began = time.perf_counter()
 
-                async def one(slot: int, cid: str, turn: int = turn, target: Target = target) -> StreamResult:
+                async def one(
+                    slot: int, cid: str, turn: int = turn, target: Target = target, clients: Clients = clients
+                ) -> StreamResult:
                     text, expected = turn_text(turn, a.reply_words)
                     return await stream_turn(clients.get(slot), target, cid, text, expected)
 
@@ -217,12 +227,20 @@ async def streaming(ctx) -> dict[str, Any]:
                 # What the rest of the machine used meanwhile: large means a disturbed phase.
                 other = busy - sum(cpu.values()) - fake.seconds() - (sum(me.cpu_times()[:2]) - me0)
                 if repeat:
-                    records.append(
-                        {**phase_record(list(results), cpu, wall), "machine_busy_s": busy, "other_s": other}
-                    )
-            await ctx.delete_conversations(ids)
+                    record = phase_record(list(results), cpu if tree else None, wall)
+                    records.append({**record, "machine_busy_s": busy, "other_s": other})
+            if surface in ("letta", "openai"):
+                await ctx.delete_conversations(ids)
             points.append({"streams": n, "surface": surface, **summarize(records)})
     return {"points": [], "streaming": {"points": points, "token_delay_s": a.token_delay}}
+
+
+def _measured_tree(ctx, surface: str):
+    """The processes whose CPU a phase on ``surface`` is charged: Parley's tree (when this tool
+    started the server), the bare proxy's, or none (the fake called directly)."""
+    if surface in ("letta", "openai"):
+        return ctx.rig.server_tree if ctx.rig.managed else None
+    return ctx.rig.proxy_tree if surface == "proxy" else None
 
 
 async def _openai_ids(ctx, clients: Clients, target: Target, n: int) -> list[str]:
