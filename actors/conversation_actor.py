@@ -31,7 +31,7 @@ import psutil
 import ray
 
 from runtime.conversation_runner import ConversationRunner
-from runtime.events import RunEvent, encode_batch
+from runtime.events import Done, RunEvent, encode_batch
 from runtime.message import Message
 from runtime.settings import Settings
 from runtime.store import open_store
@@ -198,9 +198,9 @@ class ConversationActor:
         if a run holds the conversation."""
         async with (
             self._runner(conversation_id) as runner,
-            aclosing(_encoded(runner.send(request))) as batches,
+            aclosing(_EncodedBatches(runner.send(request))) as batches,
         ):
-            async for item in stream_out(batches, direct=1, channel=self._settings.stream_channel):
+            async for item in self._stream_out(batches):
                 yield item
 
     @ray.method(enable_task_events=False)
@@ -209,10 +209,17 @@ class ConversationActor:
     ) -> AsyncIterator[bytes | Ticket]:
         async with (
             self._runner(conversation_id) as runner,
-            aclosing(_encoded(runner.follow(run_id, after))) as batches,
+            aclosing(_EncodedBatches(runner.follow(run_id, after))) as batches,
         ):
-            async for item in stream_out(batches, direct=1, channel=self._settings.stream_channel):
+            async for item in self._stream_out(batches):
                 yield item
+
+    def _stream_out(self, batches: _EncodedBatches) -> AsyncIterator[bytes | Ticket]:
+        # The first batch as a Ray item: a busy conversation or an unknown run is raised at the
+        # call; a run that ended within it needs no channel.
+        return stream_out(
+            batches, direct=1, channel=self._settings.stream_channel, final=lambda _: batches.ended
+        )
 
     @ray.method(enable_task_events=False)
     async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
@@ -318,11 +325,24 @@ class ConversationActor:
                 del self._live[conversation_id]
 
 
-async def _encoded(batches: AsyncIterator[list[RunEvent]]) -> AsyncIterator[bytes]:
-    """``batches`` encoded for the hop to the reader, closing ``batches`` when closed itself."""
-    async with aclosing(batches):
-        async for batch in batches:
-            yield encode_batch(batch)
+class _EncodedBatches:
+    """A run's event batches encoded (``encode_batch``) for the hop to the reader; ``ended`` once
+    the batch holding the run's ``Done`` went. Closing it closes the batches."""
+
+    def __init__(self, batches: AsyncIterator[list[RunEvent]]) -> None:
+        self._batches = batches
+        self.ended = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        batch = await anext(self._batches)
+        self.ended = bool(batch) and isinstance(batch[-1], Done)
+        return encode_batch(batch)
+
+    async def aclose(self) -> None:
+        await self._batches.aclose()  # type: ignore[attr-defined]
 
 
 async def _poll_until(done: Callable[[], bool], seconds: float) -> None:

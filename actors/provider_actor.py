@@ -68,11 +68,17 @@ class ProviderActor:
         batches = coalesce(stream, interval, self._settings.coalesce_tokens, self._streams)
         async with aclosing(batches):
             # The first batch as a Ray item: it is there before the reader has connected.
-            async for item in stream_out(batches, direct=1, channel=self._settings.stream_channel):
+            async for item in stream_out(
+                batches, direct=1, channel=self._settings.stream_channel, final=_is_last_batch
+            ):
                 yield item
 
     async def ready(self) -> bool:
         return True
+
+
+def _is_last_batch(batch: DeltaBatch) -> bool:
+    return batch.response is not None
 
 
 RemoteProviderActor = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=-1)(ProviderActor)

@@ -15,7 +15,7 @@ the event loop never blocks on the network.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -32,14 +32,19 @@ T = TypeVar("T")
 
 
 async def stream_out(
-    source: AsyncIterator[T], *, direct: int = 0, channel: bool = True
+    source: AsyncIterator[T],
+    *,
+    direct: int = 0,
+    channel: bool = True,
+    final: Callable[[T], bool] | None = None,
 ) -> AsyncIterator[T | Ticket]:
     """What a streaming actor method yields for ``source``: its first ``direct`` items as Ray
     items, then (with ``channel``) a ``Ticket`` for the rest, waiting until they were read.
 
-    The ticket waits for the first item it stands for: a stream that ends within its ``direct``
-    items (a quick turn's one batch) costs no connection. The caller owns ``source`` and closes it
-    after this ends; this only iterates it."""
+    ``final`` tells the last item of a stream when it sees one: a stream that ends within its
+    ``direct`` items (a quick turn's one batch) then costs no connection. The ticket goes out at
+    once after the direct items, so the reader connects while the next item is being made. The
+    caller owns ``source`` and closes it after this ends; this only iterates it."""
     if not channel:
         async for item in source:
             yield item
@@ -50,19 +55,11 @@ async def stream_out(
         except StopAsyncIteration:
             return
         yield item
-    try:
-        upcoming = await anext(source)
-    except StopAsyncIteration:
-        return
-    offer = (await ChannelServer.here()).offer(_starting_with(upcoming, source))
+        if final is not None and final(item):
+            return
+    offer = (await ChannelServer.here()).offer(source)
     yield offer.ticket
     await offer.served()
-
-
-async def _starting_with(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
-    yield first
-    async for item in rest:
-        yield item
 
 
 async def stream_values(generator: ray.ObjectRefGenerator) -> AsyncIterator[Any]:

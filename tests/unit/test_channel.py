@@ -45,10 +45,12 @@ class Source:
             self.closed = True
 
 
-async def produce(source: Source, direct: int = 1, channel: bool = True) -> AsyncIterator[Any]:
+async def produce(
+    source: Source, direct: int = 1, channel: bool = True, final: Any = None
+) -> AsyncIterator[Any]:
     """What an actor method does: its source closed when the call ends, however it ends."""
     async with aclosing(source()) as items:
-        async for item in stream_out(items, direct=direct, channel=channel):
+        async for item in stream_out(items, direct=direct, channel=channel, final=final):
             yield item
 
 
@@ -71,9 +73,19 @@ async def test_without_a_channel_every_item_is_yielded():
 
 
 @on_a_loop
-async def test_a_stream_that_ends_within_its_direct_items_needs_no_channel():
-    assert [item async for item in produce(Source([b"only"]), direct=2)] == [b"only"]
-    assert [item async for item in produce(Source([b"one", b"two"]), direct=2)] == [b"one", b"two"]
+async def test_a_stream_known_to_end_within_its_direct_items_needs_no_channel():
+    def last(item: bytes) -> bool:
+        return item.startswith(b"last")
+
+    source = Source([b"one", b"last", b"never"])
+    assert [item async for item in produce(source, direct=2, final=last)] == [b"one", b"last"]
+    assert source.closed and source.taken == 2
+    # Not known to have ended: the ticket goes out at once, and its channel is empty.
+    call = produce(Source([b"only"]))
+    assert await anext(call) == b"only"
+    ticket = await anext(call)
+    assert [item async for item in read_channel(ticket)] == []
+    assert await anext(call, None) is None
 
 
 @on_a_loop
@@ -97,7 +109,7 @@ async def test_an_unclaimed_offer_is_withdrawn_and_its_source_closed(monkeypatch
     with pytest.raises(ChannelUnclaimed):
         await anext(call)
     await call.aclose()
-    assert source.taken == 2 and source.closed  # the first, and the one the ticket waited for
+    assert source.taken == 1 and source.closed  # the first only: nobody read the rest
     with pytest.raises(ChannelBroken):  # too late: the offer is gone
         [item async for item in read_channel(ticket)]
 

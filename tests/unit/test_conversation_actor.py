@@ -17,6 +17,7 @@ from ray_fakes import RemoteMethod, on_a_loop
 
 from actors import conversation_actor as actor_module
 from actors.activation import NotHere
+from actors.channel import Ticket, read_channel
 from actors.conversation_actor import ConversationActor
 from actors.directory import HostFull
 from actors.streams import followed
@@ -176,3 +177,23 @@ async def test_retire_drops_the_conversation(tmp_path, shard):
     await actor.retire(a)
     assert not await actor.holds(a)
     assert shard.released == [(a, 1)]
+
+
+@on_a_loop
+async def test_a_quick_turn_crosses_as_one_item_and_a_slow_one_over_a_channel(tmp_path, shard):
+    settings = settings_for(tmp_path)
+    [a] = await conversations(settings, 1)
+    actor = ConversationActor(settings, "conversation-host-node-0", 1)
+    await actor.bind(a, 1)
+    request = TurnRequest(messages=[InputMessage(text="hi")])
+    quick = [item async for item in actor.send(a, request)]
+    assert len(quick) == 1 and isinstance(quick[0], bytes)  # the whole run within the first batch
+    GatedProvider.gate = asyncio.Event()
+    call = actor.send(a, request)
+    first = await anext(call)  # the run's start, after the first batch's hold
+    ticket = await anext(call)
+    assert isinstance(first, bytes) and isinstance(ticket, Ticket)
+    GatedProvider.gate.set()
+    rest = [e for batch in [b async for b in read_channel(ticket)] for e in decode_batch(batch)]
+    assert [e.kind for e in rest][-2:] == ["stopped", "done"]
+    assert await anext(call, None) is None
