@@ -14,6 +14,8 @@ the event loop never blocks on the network.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -29,6 +31,10 @@ from .channel import ChannelBroken, ChannelServer, Ticket, read_channel
 os.environ.setdefault("RAY_WARN_BLOCKING_GET_INSIDE_ASYNC", "0")
 
 T = TypeVar("T")
+
+# How long a reader whose channel broke waits for its call's own error (an actor's death takes Ray
+# a moment to report) before reporting the broken channel.
+BROKEN_CHANNEL_GRACE_SECONDS = 5.0
 
 
 async def stream_out(
@@ -81,10 +87,13 @@ async def followed(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
                 async for item in rest:
                     yield item
         except ChannelBroken:
-            # The producer died (what follows the ticket then raises its actor's error) or cut
-            # the channel.
-            async for _ in items:
-                pass
+            # The producer died (what follows the ticket then raises its actor's error) or cut the
+            # channel, or this process cannot reach it: then the broken channel is the error, and
+            # the caller's clean-up cancels the call.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BROKEN_CHANNEL_GRACE_SECONDS):
+                    async for _ in items:
+                        pass
             raise
 
 

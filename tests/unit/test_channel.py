@@ -13,6 +13,7 @@ import pytest
 from ray_fakes import on_a_loop
 
 from actors import channel as channel_module
+from actors import streams as streams_module
 from actors.channel import ChannelBroken, ChannelServer, ChannelUnclaimed, Ticket, read_channel
 from actors.streams import followed, stream_out
 from runtime.providers.base import DeltaBatch, ModelDelta, ProviderError
@@ -186,6 +187,34 @@ async def test_a_broken_channel_surfaces_the_error_that_follows_its_ticket():
 
 
 @on_a_loop
+async def test_an_unreachable_channel_is_reported_without_waiting_for_the_call(monkeypatch):
+    monkeypatch.setattr(streams_module, "BROKEN_CHANNEL_GRACE_SECONDS", 0.2)
+
+    async def waits_for_its_reader() -> AsyncIterator[Any]:
+        yield Ticket("127.0.0.1", 1, b"0" * 16)
+        await asyncio.sleep(60)  # the producer waiting for a reader that cannot reach it
+
+    with pytest.raises(ChannelBroken):
+        await asyncio.wait_for(_all(followed(waits_for_its_reader())), 2)
+
+
+async def _all(items: AsyncIterator[Any]) -> list[Any]:
+    return [item async for item in items]
+
+
+@on_a_loop
 async def test_concurrent_first_uses_share_one_server():
     servers = await asyncio.gather(*(ChannelServer.here() for _ in range(5)))
     assert len({id(s) for s in servers}) == 1
+
+
+class Unrebuildable(Exception):
+    def __init__(self, message: str, *, code: int) -> None:  # pickles, but will not unpickle
+        super().__init__(message)
+        self.code = code
+
+
+@on_a_loop
+async def test_an_error_that_will_not_rebuild_still_ends_the_stream_with_an_error():
+    with pytest.raises(RuntimeError, match="could not be read"):
+        await _all(followed(produce(Source([1], fail=Unrebuildable("no", code=3)))))
