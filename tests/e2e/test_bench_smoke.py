@@ -378,3 +378,21 @@ def test_new_scenarios_tables():
     text = markdown(_result("idle", [], idle=idle))
     assert "| never had a conversation | 0.050 | 1.00 | 0 | 2 | 20 |" in text
     assert "| after 500 conversations | 0.250 | 1.00 | 500 | 2 | 20 |" in text
+
+
+def test_streaming_table_has_the_baselines_beside_parley():
+    from benchmarks.streaming import StreamResult, phase_record, streaming_md, summarize
+
+    streams = [StreamResult(ok=True, first_text=0.02, gaps=[0.025, 0.03], deltas=3) for _ in range(4)]
+    parley = phase_record(streams, {"provider actor": 0.04, "other": 0.02}, 1.0)
+    direct = phase_record(streams, None, 1.0)  # the fake called directly: no server CPU
+    assert parley["cpu_ms_per_turn"] == pytest.approx(15.0) and direct["cpu_ms_per_turn"] is None
+    points = [
+        {"streams": 4, "surface": "letta", **summarize([parley])},
+        {"streams": 4, "surface": "direct", **summarize([direct])},
+    ]
+    letta_row, direct_row = [
+        line for line in streaming_md({"points": points, "token_delay_s": 0.025}) if line.startswith("| 4 |")
+    ]
+    assert "| 15 | 10 |" in letta_row  # CPU per turn, then the provider actor's share
+    assert direct_row.startswith("| 4 | direct | 20 / 20 | 30 / 30 / 30 | 3.0 | - | -")
