@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from runtime.store import open_store
 from serve_app.app import ParleyIngress
 
 from .instance import INSTANCE_VARIABLE, Session, end_instance
+from .ports import REPLICA_PORTS, unclaimed_port
 
 APP_NAME = "parley"
 # Ray rewrites 127.0.0.1 to the machine's network address; any other loopback address is kept,
@@ -83,12 +83,12 @@ def configure_serve_environment() -> None:
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
     ):
-        os.environ.setdefault(name, str(_free_port()))
+        os.environ.setdefault(name, str(unclaimed_port()))
     for protocol in ("HTTP", "GRPC"):
         # Replica ports come from a range; give each instance its own instead of 30000+/40000+.
-        low = _free_port()
+        low = unclaimed_port(span=REPLICA_PORTS)
         os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MIN_{protocol}_PORT", str(low))
-        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT", str(low + 100))
+        os.environ.setdefault(f"RAY_SERVE_DIRECT_INGRESS_MAX_{protocol}_PORT", str(low + REPLICA_PORTS))
     if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" not in os.environ:
         # Short on purpose: Serve nests a 56-character node id under it, and a unix socket path
         # must stay under ~100 characters.
@@ -98,12 +98,6 @@ def configure_serve_environment() -> None:
         os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] = f"{base}/admin.sock"
         os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = f"{base}/server-state"
         os.environ["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"] = f"{base}/metrics.sock"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def init_ray(settings: Settings) -> None:
