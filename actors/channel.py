@@ -1,11 +1,12 @@
 """Stream channels: the rest of a Ray streaming call's items over one direct TCP connection.
 
-Why. A Ray streaming-generator item costs about 0.3 ms of CPU in the process that yields it and
-0.35 ms in the one that reads it, on this 2-core machine, whatever its size (``python
--m benchmarks.channel_cost``); a length-prefixed frame on a plain socket costs about 0.025 ms on
-each side. A token stream pays that per batch at two hops (provider actor to conversation actor,
-conversation actor to ingress replica), and at a model's pace a smooth stream is some 60 batches a
-reply: more than half of the whole server tree's CPU per streamed turn was Ray's per-item cost.
+Why. A Ray streaming-generator item costs about 0.34 ms of CPU in the process that yields it and
+0.44 ms in the one that reads it, on this 2-core machine, whatever its size; a frame on a
+channel costs about 0.06 ms on each side (``python -m benchmarks.channel_cost``, the pacing's
+sleeps included in both). A token stream pays that per batch at two hops (provider actor to
+conversation actor, conversation actor to ingress replica), and at a model's pace a smooth stream
+is some 66 batches a reply: Ray's per-item cost was more than half of the whole server tree's CPU
+per streamed turn (156-160 ms against 58-59 with channels, ``benchmarks/RESULTS.md``).
 
 How. Ray still carries the call: its start, its first items (so an error like a busy conversation
 is still raised at the call), its cancellation and the actor's death. Then the producing method
