@@ -45,6 +45,9 @@ import ray
 
 CLAIM_SECONDS = 30.0
 HIGH_WATER_BYTES = 1 << 20  # a reader this far behind makes the producer wait for it
+# Connections waiting to be accepted: a burst of turns starting at once opens one per stream, and a
+# full queue drops the rest's SYNs, which the kernel retries only after a second.
+BACKLOG = 4096
 
 ITEM, ERROR, END = 1, 2, 3
 _HEADER = struct.Struct("!BI")
@@ -175,7 +178,7 @@ class ChannelServer:
         return self
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connect, self.host, 0)
+        self._server = await asyncio.start_server(self._on_connect, self.host, 0, backlog=BACKLOG)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def offer(self, source: AsyncIterator[Any]) -> Offer:
