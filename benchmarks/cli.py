@@ -59,6 +59,10 @@ def _surfaces(text: str) -> list[str]:
     return [text]
 
 
+def _surface_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--surface", dest="surfaces", type=_surfaces, default=list(SURFACES), help=help)
+
+
 def _common(
     p: argparse.ArgumentParser,
     *,
@@ -199,13 +203,7 @@ def build_parser(prog: str = "parley bench") -> argparse.ArgumentParser:
     _common(p, latency=0.0, token_delay=0.0, reply_words=0)
     p.add_argument("--conversations", type=_ints, default=[1, 8, 32], help="levels N (1,8,32)")
     p.add_argument("--turns-each", type=int, default=10, help="sequential turns per new conversation (10)")
-    p.add_argument(
-        "--surface",
-        dest="surfaces",
-        type=_surfaces,
-        default=list(SURFACES),
-        help="letta (/v1/conversations), openai (/openai/v1/responses) or both (both)",
-    )
+    _surface_option(p, "letta (/v1/conversations), openai (/openai/v1/responses) or both (both)")
     p.set_defaults(mode="json")
 
     p = sub.add_parser(
@@ -230,13 +228,7 @@ def build_parser(prog: str = "parley bench") -> argparse.ArgumentParser:
     )
     _common(p, latency=0.0, token_delay=0.025, reply_words=100, settle=30.0)
     p.add_argument("--streams", type=_ints, default=[32], help="levels; N concurrent streams (32)")
-    p.add_argument(
-        "--surface",
-        dest="surfaces",
-        type=_surfaces,
-        default=list(SURFACES),
-        help="letta, openai or both (both)",
-    )
+    _surface_option(p, "letta, openai or both (both)")
     p.set_defaults(mode="stream", modes=[])  # no probe of the fake: its pace is --token-delay
 
     p = sub.add_parser("idle", help="the server's CPU with nobody sending: never used, then N conversations")

@@ -199,7 +199,8 @@ async def streaming(ctx) -> dict[str, Any]:
                 ids = await _openai_ids(ctx, clients, target, n)
             else:
                 ids = await ctx.new_conversations("parley" if surface == "letta" else surface, n)
-            tree = _measured_tree(ctx, surface)
+            # Parley's surfaces are charged Parley's tree; the baselines their own (the fake: none).
+            tree = ctx.rig.tree_of("parley" if surface in ("letta", "openai") else surface)
             records = []
             for repeat in range(a.repeats + 1):  # the first one warms the conversations, unmeasured
                 await ctx.settle(a.settle_between)
@@ -233,14 +234,6 @@ async def streaming(ctx) -> dict[str, Any]:
                 await ctx.delete_conversations(ids)
             points.append({"streams": n, "surface": surface, **summarize(records)})
     return {"points": [], "streaming": {"points": points, "token_delay_s": a.token_delay}}
-
-
-def _measured_tree(ctx, surface: str):
-    """The processes whose CPU a phase on ``surface`` is charged: Parley's tree (when this tool
-    started the server), the bare proxy's, or none (the fake called directly)."""
-    if surface in ("letta", "openai"):
-        return ctx.rig.server_tree if ctx.rig.managed else None
-    return ctx.rig.proxy_tree if surface == "proxy" else None
 
 
 async def _openai_ids(ctx, clients: Clients, target: Target, n: int) -> list[str]:

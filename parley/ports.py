@@ -19,12 +19,12 @@ def unclaimed_port(span: int = 1) -> int:
     kernel never hands out a port below that range on its own."""
     ephemeral_low = _ephemeral_low()
     if ephemeral_low - span <= FIXED_PORTS_FROM:
-        return _any_free_port()
+        return free_port()
     for _ in range(100):
         port = random.randrange(FIXED_PORTS_FROM, ephemeral_low - span)
         if all(_bindable(p) for p in (port, port + span - 1)):
             return port
-    return _any_free_port()
+    return free_port()
 
 
 def _ephemeral_low() -> int:
@@ -44,7 +44,8 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def _any_free_port() -> int:
+def free_port() -> int:
+    """A loopback port free now, from the ephemeral range: for one bound at once."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
