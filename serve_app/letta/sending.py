@@ -71,8 +71,7 @@ def turn_request(body: SendMessages, run_type: str, idempotency_key: str | None)
 def sse_response(
     stream: RunStream, renderer: render.StreamRenderer, heartbeat: float
 ) -> sse.EventStreamResponse:
-    body = _sse_body(stream, renderer)
-    return sse.EventStreamResponse(sse.with_heartbeat(body, heartbeat) if heartbeat > 0 else body)
+    return sse.EventStreamResponse(_sse_body(stream, renderer), heartbeat)
 
 
 async def _sse_body(stream: RunStream, renderer: render.StreamRenderer) -> AsyncIterator[bytes]:

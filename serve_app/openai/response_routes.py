@@ -293,10 +293,8 @@ async def create_response(
     run_id = stream.run_id
     assert run_id is not None
     if body.stream:
-        body_iter = _events(services, stream, run_id)
-        heartbeat = services.settings.heartbeat_seconds
         return sse_frames.EventStreamResponse(
-            sse_frames.with_heartbeat(body_iter, heartbeat) if heartbeat > 0 else body_iter
+            _events(services, stream, run_id), services.settings.heartbeat_seconds
         )
     if body.background:
         stream.close()  # a background response outlives this request; poll or cancel it
@@ -381,10 +379,8 @@ async def retrieve_response(
         if stored is not None
         else await services.conversations.follow(run.conversation_id, run.id, 0)
     )
-    body_iter = _events(services, source, run.id, starting_after)
-    heartbeat = services.settings.heartbeat_seconds
     return sse_frames.EventStreamResponse(
-        sse_frames.with_heartbeat(body_iter, heartbeat) if heartbeat > 0 else body_iter
+        _events(services, source, run.id, starting_after), services.settings.heartbeat_seconds
     )
 
 
