@@ -20,6 +20,12 @@ call stays open, item-less, until the channel has ended, so that:
 - the call ends only after the last frame was written, and an error of the source is sent as a
   frame and raised in the reader as the same exception.
 
+Same node, no TCP. The server also listens on a Linux abstract Unix socket (no file to clean up;
+scoped to the network namespace, as the node's address is), named on the ticket; a reader on the
+ticket's node connects there, where a frame costs the kernel about half what loopback TCP does
+(some 10 us less on each side per frame here). A reader elsewhere, or one the Unix socket refuses,
+uses the TCP address.
+
 Frames: one byte of kind, four of length, then a pickled payload (``ITEM`` a value, ``ERROR`` the
 source's exception; ``END`` has none). Both ends are processes of the same Ray cluster, which
 already trusts pickles from each other; a connection must still present a ticket's random token,
@@ -36,6 +42,7 @@ import contextlib
 import pickle
 import secrets
 import struct
+import sys
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -64,11 +71,15 @@ class ChannelUnclaimed(TimeoutError):
 
 @dataclass(frozen=True)
 class Ticket:
-    """Where the rest of a streaming call's items are: an address and a one-use token."""
+    """Where the rest of a streaming call's items are: an address and a one-use token; ``local``
+    the producer's Unix socket, for a reader on node ``host``. ``head``: the items before those
+    on the channel, carried in the same Ray item as the ticket (one Ray item fewer per call)."""
 
     host: str
     port: int
     token: bytes
+    local: str | None = None
+    head: tuple[Any, ...] = ()
 
 
 class Offer:
@@ -78,8 +89,9 @@ class Offer:
     token was presented; ``served`` cancels that task before returning, so whoever owns ``source``
     may close it afterwards."""
 
-    def __init__(self, server: ChannelServer, source: AsyncIterator[Any]) -> None:
-        self.ticket = Ticket(server.host, server.port, secrets.token_bytes(_TOKEN_BYTES))
+    def __init__(self, server: ChannelServer, source: AsyncIterator[Any], head: tuple[Any, ...] = ()) -> None:
+        token = secrets.token_bytes(_TOKEN_BYTES)
+        self.ticket = Ticket(server.host, server.port, token, server.local, head)
         self._server = server
         self._source = source
         self._sending: asyncio.Task[None] | None = None
@@ -154,8 +166,10 @@ class ChannelServer:
     def __init__(self, host: str) -> None:
         self.host = host
         self.port = 0
+        self.local: str | None = None
         self._offers: dict[bytes, Offer] = {}
         self._server: asyncio.Server | None = None
+        self._local_server: asyncio.Server | None = None
 
     @classmethod
     async def here(cls) -> ChannelServer:
@@ -163,8 +177,7 @@ class ChannelServer:
         loop = asyncio.get_running_loop()
         starting = cls._here.get(loop)
         if starting is None:
-            # Ray's address for this node, which other nodes reach; loopback without Ray (tests).
-            server = cls(ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1")
+            server = cls(_node_address())
             starting = cls._here[loop] = loop.create_task(server._started())
         try:
             return await asyncio.shield(starting)
@@ -180,9 +193,16 @@ class ChannelServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._on_connect, self.host, 0, backlog=BACKLOG)
         self.port = self._server.sockets[0].getsockname()[1]
+        if sys.platform == "linux":
+            name = f"\0parley-channel-{secrets.token_hex(8)}"
+            try:
+                self._local_server = await asyncio.start_unix_server(self._on_connect, name, backlog=BACKLOG)
+            except OSError:  # no Unix sockets here (a sandbox): TCP serves every reader
+                return
+            self.local = name
 
-    def offer(self, source: AsyncIterator[Any]) -> Offer:
-        offer = Offer(self, source)
+    def offer(self, source: AsyncIterator[Any], head: tuple[Any, ...] = ()) -> Offer:
+        offer = Offer(self, source, head)
         self._offers[offer.ticket.token] = offer
         return offer
 
@@ -202,13 +222,33 @@ class ChannelServer:
             writer.close()
 
 
+def _node_address() -> str:
+    """Ray's address for this node, which other nodes reach; loopback without Ray (tests)."""
+    global _address
+    if _address is None or not ray.is_initialized():
+        _address = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+    return _address
+
+
+_address: str | None = None
+
+
+async def _connected(ticket: Ticket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if ticket.local is not None and ticket.host == _node_address():
+        try:
+            return await asyncio.open_unix_connection(ticket.local)
+        except OSError:  # another network namespace on the same address: TCP reaches it
+            pass
+    try:
+        return await asyncio.open_connection(ticket.host, ticket.port)
+    except OSError as exc:
+        raise ChannelBroken(f"cannot reach the stream channel at {ticket.host}:{ticket.port}: {exc}") from exc
+
+
 async def read_channel(ticket: Ticket) -> AsyncIterator[Any]:
     """The items offered under ``ticket``, in order; the source's error is raised as itself.
     Raises ``ChannelBroken`` if the connection ends without the end frame."""
-    try:
-        reader, writer = await asyncio.open_connection(ticket.host, ticket.port)
-    except OSError as exc:
-        raise ChannelBroken(f"cannot reach the stream channel at {ticket.host}:{ticket.port}: {exc}") from exc
+    reader, writer = await _connected(ticket)
     try:
         writer.write(ticket.token)
         while True:

@@ -12,6 +12,7 @@ arrives wrapped in ``RayTaskError`` and leaves here as the original exception.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -25,6 +26,7 @@ from runtime.settings import Settings
 from runtime.turn import InputMessage, TurnRequest
 
 from .activation import NotHere
+from .channel import Ticket
 from .conversation_actor import DRAIN_GRACE_SECONDS, DrainReport, HostReport
 from .directory import Binding, shard_handle, shard_of, unwrap
 from .placement import listed_hosts
@@ -46,9 +48,15 @@ class RunStream:
     a run starts (busy, not found) surface at the call, while an HTTP status can still be chosen.
     """
 
-    def __init__(self, first: list[RunEvent], generator: ray.ObjectRefGenerator | None = None) -> None:
+    def __init__(
+        self,
+        first: list[RunEvent],
+        generator: ray.ObjectRefGenerator | None = None,
+        ticket: Ticket | None = None,
+    ) -> None:
         self.first = first
         self._generator = generator
+        self._ticket = ticket  # where the batches after the first are, when the call sent one
         self._exhausted = generator is None
 
     @classmethod
@@ -64,7 +72,7 @@ class RunStream:
         yield self.first
         if self._generator is None:
             return
-        values = stream_values(self._generator)
+        values = stream_values(self._generator, self._ticket)
         try:
             while True:
                 try:
@@ -243,10 +251,13 @@ class ConversationClient:
         async def first_batch(host: ray.actor.ActorHandle) -> RunStream:
             generator = start(host)
             try:
-                first = decode_batch(await (await generator.__anext__()))
+                first = await (await generator.__anext__())
             except StopAsyncIteration:
                 return RunStream([])
-            return RunStream(first, generator)
+            if isinstance(first, Ticket):  # the first batch, and a channel for the rest
+                (head,) = first.head
+                return RunStream(decode_batch(head), generator, dataclasses.replace(first, head=()))
+            return RunStream(decode_batch(first), generator)
 
         return await self._call(conversation_id, first_batch)
 

@@ -1,7 +1,7 @@
 """Both ends of Parley's streaming actor calls: ``stream_out`` yields, ``stream_values`` reads.
 
-A streaming call's first items cross as Ray items; with a channel (``actors.channel``), the rest
-cross over a direct connection, which costs a tenth of a Ray item each. ``stream_values`` reads
+A streaming call's first items cross in one Ray item, with a ``Ticket`` for the rest: those
+cross over a direct connection (``actors.channel``), which costs a tenth of a Ray item each. ``stream_values`` reads
 either kind of call the same way, so a caller never knows which one it made.
 
 Reading a Ray item: ``async for ref in generator`` already waits until each item is in this
@@ -44,57 +44,79 @@ async def stream_out(
     channel: bool = True,
     final: Callable[[T], bool] | None = None,
 ) -> AsyncIterator[T | Ticket]:
-    """What a streaming actor method yields for ``source``: its first ``direct`` items as Ray
-    items, then (with ``channel``) a ``Ticket`` for the rest, waiting until they were read.
+    """What a streaming actor method yields for ``source``: with ``channel``, one ``Ticket``
+    carrying its first ``direct`` items, for the rest, then it waits until they were read; without,
+    every item.
 
-    ``final`` tells the last item of a stream when it sees one: a stream that ends within its
-    ``direct`` items (a quick turn's one batch) then costs no connection. The ticket goes out at
-    once after the direct items, so the reader connects while the next item is being made. The
-    caller owns ``source`` and closes it after this ends; this only iterates it."""
+    The ticket goes out as soon as the first ``direct`` items are at hand (a busy conversation, or
+    any error before them, is still raised at the call), so the reader connects while the next
+    item is being made. ``final`` tells the last item of a stream when it sees one: a stream that
+    ends within its ``direct`` items (a quick turn's one batch) goes as plain items and costs no
+    connection. The caller owns ``source`` and closes it after this ends; this only iterates it."""
     if not channel:
         async for item in source:
             yield item
         return
-    for _ in range(direct):
+    head: list[T] = []
+    while len(head) < direct:
         try:
             item = await anext(source)
         except StopAsyncIteration:
-            return
-        yield item
+            break
+        head.append(item)
         if final is not None and final(item):
-            return
-    offer = (await ChannelServer.here()).offer(source)
-    yield offer.ticket
-    await offer.served()
+            break
+    else:
+        offer = (await ChannelServer.here()).offer(source, tuple(head))
+        yield offer.ticket
+        await offer.served()
+        return
+    for item in head:  # the stream ended within them
+        yield item
 
 
-async def stream_values(generator: ray.ObjectRefGenerator) -> AsyncIterator[Any]:
+async def stream_values(
+    generator: ray.ObjectRefGenerator, ticket: Ticket | None = None
+) -> AsyncIterator[Any]:
     """The values a ``stream_out`` call yields, in order; an item's error is raised as ``await``
-    would, and the source's error read over a channel as itself."""
-    async with aclosing(followed(_fetched(generator))) as values:
+    would, and the source's error read over a channel as itself. ``ticket``: the call's first item,
+    already taken by the caller, with its head already used."""
+    async with aclosing(followed(_fetched(generator), ticket)) as values:
         async for value in values:
             yield value
 
 
-async def followed(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """``items`` with each ``Ticket`` replaced by the items read over its channel."""
+async def followed(items: AsyncIterator[Any], ticket: Ticket | None = None) -> AsyncIterator[Any]:
+    """``items`` with each ``Ticket`` replaced by its head and the items read over its channel;
+    ``ticket`` (its head already used) is read before them."""
+    if ticket is not None:
+        async for item in _through(ticket, items):
+            yield item
     async for value in items:
         if not isinstance(value, Ticket):
             yield value
             continue
-        try:
-            async with aclosing(read_channel(value)) as rest:
-                async for item in rest:
-                    yield item
-        except ChannelBroken:
-            # The producer died (what follows the ticket then raises its actor's error) or cut the
-            # channel, or this process cannot reach it: then the broken channel is the error, and
-            # the caller's clean-up cancels the call.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(BROKEN_CHANNEL_GRACE_SECONDS):
-                    async for _ in items:
-                        pass
-            raise
+        for item in value.head:
+            yield item
+        async for item in _through(value, items):
+            yield item
+
+
+async def _through(ticket: Ticket, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The items on ``ticket``'s channel; on ``ChannelBroken``, what ``items`` raises instead."""
+    try:
+        async with aclosing(read_channel(ticket)) as rest:
+            async for item in rest:
+                yield item
+    except ChannelBroken:
+        # The producer died (what follows the ticket then raises its actor's error) or cut the
+        # channel, or this process cannot reach it: then the broken channel is the error, and
+        # the caller's clean-up cancels the call.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BROKEN_CHANNEL_GRACE_SECONDS):
+                async for _ in items:
+                    pass
+        raise
 
 
 async def _fetched(generator: ray.ObjectRefGenerator) -> AsyncIterator[Any]:

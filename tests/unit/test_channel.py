@@ -5,6 +5,7 @@ real loopback connection."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -59,8 +60,8 @@ async def produce(
 async def test_items_after_the_first_cross_the_channel_in_order():
     batches = [b"first", DeltaBatch([ModelDelta("text", 0, "hel")]), {"n": 2}, b"last"]
     call = produce(Source(batches))
-    assert await anext(call) == b"first"
-    assert isinstance(await anext(call), Ticket)  # the rest waits for a reader
+    ticket = await anext(call)  # the first item rides with the ticket; the rest waits for a reader
+    assert isinstance(ticket, Ticket) and ticket.head == (b"first",)
     await call.aclose()
     source = Source(batches)
     assert [item async for item in followed(produce(source))] == batches
@@ -81,10 +82,10 @@ async def test_a_stream_known_to_end_within_its_direct_items_needs_no_channel():
     source = Source([b"one", b"last", b"never"])
     assert [item async for item in produce(source, direct=2, final=last)] == [b"one", b"last"]
     assert source.closed and source.taken == 2
-    # Not known to have ended: the ticket goes out at once, and its channel is empty.
+    # Not known to have ended: the ticket goes out with it at once, and its channel is empty.
     call = produce(Source([b"only"]))
-    assert await anext(call) == b"only"
     ticket = await anext(call)
+    assert ticket.head == (b"only",)
     assert [item async for item in read_channel(ticket)] == []
     assert await anext(call, None) is None
 
@@ -105,8 +106,8 @@ async def test_an_unclaimed_offer_is_withdrawn_and_its_source_closed(monkeypatch
     monkeypatch.setattr(channel_module, "CLAIM_SECONDS", 0.2)
     source = Source([1, 2, 3])
     call = produce(source)
-    assert await anext(call) == 1
     ticket = await anext(call)
+    assert ticket.head == (1,)
     with pytest.raises(ChannelUnclaimed):
         await anext(call)
     await call.aclose()
@@ -119,8 +120,8 @@ async def test_an_unclaimed_offer_is_withdrawn_and_its_source_closed(monkeypatch
 async def test_a_reader_that_leaves_closes_the_source():
     source = Source(list(range(10)), free=3)
     call = produce(source)
-    assert await anext(call) == 0
     ticket = await anext(call)
+    assert ticket.head == (0,)
     producing = asyncio.ensure_future(anext(call, None))  # the call waits while the channel is read
     async with aclosing(read_channel(ticket)) as items:
         assert [await anext(items), await anext(items)] == [1, 2]
@@ -135,7 +136,6 @@ async def test_a_reader_that_leaves_closes_the_source():
 async def test_a_cancelled_call_breaks_the_channel_and_closes_the_source():
     source = Source(list(range(10)), free=3)
     call = produce(source)
-    await anext(call)
     ticket = await anext(call)
     producing = asyncio.ensure_future(anext(call, None))
     read: list[Any] = []
@@ -163,6 +163,29 @@ async def test_a_wrong_token_is_refused_and_serves_nothing():
     with pytest.raises(ChannelBroken):
         [item async for item in read_channel(forged)]
     assert [item async for item in read_channel(offer.ticket)] == [1, 2]
+    await offer.served()
+
+
+@on_a_loop
+async def test_a_reader_on_the_producers_node_reads_over_its_unix_socket(monkeypatch):
+    server = await ChannelServer.here()
+    assert server.local is not None and server.local.startswith("\0")
+
+    async def no_tcp(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a reader on the same node connected over TCP")
+
+    monkeypatch.setattr(channel_module.asyncio, "open_connection", no_tcp)
+    offer = server.offer(Source([1, 2])())
+    assert [item async for item in read_channel(offer.ticket)] == [1, 2]
+    await offer.served()
+
+
+@on_a_loop
+async def test_a_unix_socket_that_refuses_falls_back_to_tcp():
+    server = await ChannelServer.here()
+    offer = server.offer(Source([1, 2])())
+    elsewhere = dataclasses.replace(offer.ticket, local="\0parley-channel-nobody-listens")
+    assert [item async for item in read_channel(elsewhere)] == [1, 2]
     await offer.served()
 
 

@@ -190,9 +190,8 @@ async def test_a_quick_turn_crosses_as_one_item_and_a_slow_one_over_a_channel(tm
     assert len(quick) == 1 and isinstance(quick[0], bytes)  # the whole run within the first batch
     GatedProvider.gate = asyncio.Event()
     call = actor.send(a, request)
-    first = await anext(call)  # the run's start, after the first batch's hold
-    ticket = await anext(call)
-    assert isinstance(first, bytes) and isinstance(ticket, Ticket)
+    ticket = await anext(call)  # the run's start (after the first batch's hold) with a channel
+    assert isinstance(ticket, Ticket) and isinstance(ticket.head[0], bytes)
     GatedProvider.gate.set()
     rest = [e for batch in [b async for b in read_channel(ticket)] for e in decode_batch(batch)]
     assert [e.kind for e in rest][-2:] == ["stopped", "done"]
