@@ -22,7 +22,8 @@ class RunLog:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self._events: list[RunEvent] = []
-        self._grown = asyncio.Event()
+        # Followers waiting for the log to grow; each append wakes and forgets them all.
+        self._waiters: list[asyncio.Future[None]] = []
 
     @classmethod
     def from_chunks(cls, run_id: str, chunks: list[bytes]) -> RunLog:
@@ -52,10 +53,17 @@ class RunLog:
     def append(self, event: RunEvent) -> RunEvent:
         event.seq = len(self._events) + 1
         self._events.append(event)
-        # Wake every waiting follower at once; later waits use a fresh event.
-        self._grown.set()
-        self._grown = asyncio.Event()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         return event
+
+    def _grown(self) -> asyncio.Future[None]:
+        """A future the next append completes."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def read(self, after: int = 0) -> list[RunEvent]:
         return self._events[after:]
@@ -71,24 +79,27 @@ class RunLog:
         position = max(after, 0)
         if hold_first > 0:
             await self._wait_for_more_than(position + 1, hold_first)
-        while True:
-            if position < len(self._events):
-                batch = self._events[position:]
-                position = len(self._events)
-                yield batch
-                if isinstance(batch[-1], Done):
+        quiet = _Quiet(keepalive) if keepalive is not None else None
+        try:
+            while True:
+                if position < len(self._events):
+                    batch = self._events[position:]
+                    position = len(self._events)
+                    yield batch
+                    if isinstance(batch[-1], Done):
+                        return
+                    if quiet is not None:
+                        quiet.since = quiet.loop.time()
+                    continue
+                if self.finished:
                     return
-                continue
-            if self.finished:
-                return
-            grown = self._grown
-            try:
-                # asyncio.timeout rather than wait_for: no task made per wake-up, which a token
-                # stream pays per batch.
-                async with asyncio.timeout(keepalive):
-                    await grown.wait()
-            except TimeoutError:
-                yield [Ping(run_id=self.run_id, seq=position)]
+                if quiet is None:
+                    await self._grown()
+                elif not await quiet.wait(self._grown()):
+                    yield [Ping(run_id=self.run_id, seq=position)]
+        finally:
+            if quiet is not None:
+                quiet.stop()
 
     async def _wait_for_more_than(self, count: int, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -98,9 +109,48 @@ class RunLog:
             if remaining <= 0:
                 return
             try:
-                await asyncio.wait_for(self._grown.wait(), remaining)
+                await asyncio.wait_for(self._grown(), remaining)
             except TimeoutError:
                 return
+
+
+class _Quiet:
+    """A follower's keepalive: ``wait`` returns False once ``seconds`` passed since ``since`` with
+    the log silent. One timer per follower, looked at and re-armed when it fires, rather than one
+    per wait: a token stream waits once per batch.
+
+    Invariant: ``_waiting`` is the future the follower awaits now, or None between waits."""
+
+    def __init__(self, seconds: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.since = self.loop.time()
+        self._seconds = seconds
+        self._waiting: asyncio.Future[None] | None = None
+        self._silent = False
+        self._timer = self.loop.call_at(self.since + seconds, self._check)
+
+    async def wait(self, grown: asyncio.Future[None]) -> bool:
+        """Whether the log grew (True) or stayed silent for the keepalive (False)."""
+        self._waiting, self._silent = grown, False
+        try:
+            await grown
+        finally:
+            self._waiting = None
+        if self._silent:
+            self.since = self.loop.time()
+            return False
+        return True
+
+    def _check(self) -> None:
+        due = self.since + self._seconds
+        if self._waiting is not None and not self._waiting.done() and self.loop.time() >= due:
+            self._silent = True
+            self._waiting.set_result(None)  # the log skips a waiter already woken
+            due = self.loop.time() + self._seconds
+        self._timer = self.loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 def closing_stop(run: Run) -> Stopped:

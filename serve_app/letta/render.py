@@ -313,6 +313,8 @@ class StreamRenderer:
         # Token streaming: which Letta message (by index) each delta's part belongs to.
         self._letta_index: dict[tuple[str, int], int] = {}
         self._last_part: dict[str, tuple[str, int]] = {}
+        self._otids: dict[tuple[str, int], str] = {}  # (message, Letta index) -> otid
+        self._date: tuple[int, str | None] = (-1, None)  # (second, its ISO form)
 
     def render(self, batch: Sequence[RunEvent]) -> bytes:
         out = bytearray()
@@ -401,11 +403,19 @@ class StreamRenderer:
         return index
 
     def _delta(self, delta: Delta) -> dict[str, Any]:
+        # The date and otid are worked out once per second and per message part, not per delta.
+        now = utcnow()
+        if self._date[0] != (second := int(now.timestamp())):
+            self._date = (second, iso(now))
+        key = (delta.message_id, self._index(delta))
+        otid = self._otids.get(key)
+        if otid is None:
+            otid = self._otids[key] = ids.otid_for(*key)
         common = {
             "id": delta.message_id,
-            "date": iso(utcnow()),
+            "date": self._date[1],
             "name": None,
-            "otid": ids.otid_for(delta.message_id, self._index(delta)),
+            "otid": otid,
             "sender_id": None,
             "step_id": None,
             "run_id": delta.run_id,

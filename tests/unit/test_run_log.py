@@ -40,3 +40,23 @@ def test_a_follower_wakes_for_an_append_long_before_its_keepalive() -> None:
         await follower.aclose()
 
     asyncio.run(main())
+
+
+def test_a_long_silence_pings_once_per_keepalive_and_no_sooner() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        log = RunLog("run-1")
+        log.append(RunStarted(run_id="run-1"))
+        follower = log.follow(0, keepalive=0.05)
+        await anext(follower)
+        began = loop.time()
+        times = []
+        for _ in range(3):
+            batch = await asyncio.wait_for(anext(follower), 1.0)
+            assert isinstance(batch[0], Ping)
+            times.append(loop.time() - began)
+        # Each ping a keepalive after the one before (the timer's lateness aside), none early.
+        assert all(b - a >= 0.045 for a, b in zip([0.0, *times], times, strict=False))
+        await follower.aclose()
+
+    asyncio.run(main())
