@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Iterator
 
 from .providers.base import DeltaBatch, ModelDelta, ModelResponse
 
-_FLUSH = object()
 _END = object()
 
 
@@ -68,60 +67,101 @@ async def coalesce(
 ) -> AsyncIterator[DeltaBatch]:
     """Batches of ``source``'s deltas, at most one per ``interval`` (widened by ``gauge`` under
     load), the last one carrying the ``ModelResponse``; see the module docstring. An error of the
-    source is raised after the deltas before it have been yielded."""
+    source is raised after the deltas before it have been yielded.
+
+    A ``pump`` task reads ``source`` (also while the consumer is busy downstream) and decides when
+    the pending deltas are due; this generator sleeps until then, so it runs once per batch, not
+    once per token. Invariants while the source runs: ``due`` is set only with deltas pending, and
+    ``timer`` is armed only with deltas pending and no batch due yet. ``end`` (the response,
+    ``_END`` or the source's error) is set once, after the source's last delta is pending."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for item in source:
-                queue.put_nowait(item)
-            queue.put_nowait(_END)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            queue.put_nowait(exc)
-
-    pumping = asyncio.create_task(pump())
     pending: list[ModelDelta] = []
     last_sent = -math.inf
+    due = False
+    end: object = None
     timer: asyncio.TimerHandle | None = None
+    waiter: asyncio.Future[None] | None = None
+
+    def wake() -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fire() -> None:  # the timer: the pending deltas have waited out the gap
+        nonlocal timer, due
+        timer = None
+        due = True
+        wake()
+
+    def schedule() -> None:
+        """Deltas are pending and no batch is due: make it due now, or arm the timer."""
+        nonlocal timer, due
+        # The first delta goes alone at once (time to first token); a full batch is not held back.
+        if last_sent != -math.inf and len(pending) < max_deltas:
+            at = last_sent + (gauge.gap(interval) if gauge is not None else interval)
+            if loop.time() < at:
+                if timer is None:
+                    timer = loop.call_at(at, fire)
+                return
+            # else the gap has passed: a slow provider's token goes on as it comes.
+        if timer is not None:
+            timer.cancel()
+            timer = None
+        due = True
+        wake()
+
+    async def pump() -> None:
+        nonlocal end
+        try:
+            async for item in source:
+                if end is not None:
+                    continue  # nothing after the response counts (the source ends there anyway)
+                if isinstance(item, ModelDelta):
+                    pending.append(item)
+                    # With the timer armed, only max_deltas can make the batch due sooner.
+                    if not due and (timer is None or len(pending) >= max_deltas):
+                        schedule()
+                else:
+                    end = item
+                    wake()
+            if end is None:
+                end = _END
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            if end is None:
+                end = exc
+        wake()
+
+    pumping = asyncio.create_task(pump())
     with gauge.tracking() if gauge is not None else contextlib.nullcontext():
         try:
             while True:
-                item = await queue.get()
-                while True:  # everything queued meanwhile: a busy consumer gets bigger batches
-                    if isinstance(item, ModelDelta):
-                        pending.append(item)
-                    elif item is _FLUSH:
-                        timer = None
-                    elif isinstance(item, ModelResponse):
-                        yield DeltaBatch(merge(pending), response=item)
-                        return
-                    elif item is _END:
-                        if pending:
-                            yield DeltaBatch(merge(pending))
-                        return
-                    elif isinstance(item, BaseException):
-                        if pending:
-                            yield DeltaBatch(merge(pending))
-                        raise item
-                    # The first delta goes alone (time to first token); no batch exceeds max_deltas.
-                    full = len(pending) >= max_deltas or (pending and last_sent == -math.inf)
-                    if full or queue.empty():
-                        break
-                    item = queue.get_nowait()
-                if not pending:
-                    continue
-                now = loop.time()
-                due = last_sent + (gauge.gap(interval) if gauge is not None else interval)
-                if now >= due or len(pending) >= max_deltas:
-                    if timer is not None:
-                        timer.cancel()
-                        timer = None
+                while not due and end is None:
+                    waiter = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        waiter = None
+                if not pending:  # so the source has ended: a due batch has deltas
+                    if isinstance(end, ModelResponse):
+                        yield DeltaBatch([], response=end)
+                    elif isinstance(end, BaseException):
+                        raise end
+                    return
+                # Everything pending by now goes (a busy consumer gets bigger batches), up to
+                # max_deltas; the first delta alone.
+                size = 1 if last_sent == -math.inf else max_deltas
+                if len(pending) <= size:
                     batch, pending = pending, []
-                    last_sent = now
-                    yield DeltaBatch(merge(batch))
-                elif timer is None:
-                    timer = loop.call_at(due, queue.put_nowait, _FLUSH)
+                else:
+                    batch, pending = pending[:size], pending[size:]
+                last_sent = loop.time()
+                due = False
+                if end is None:
+                    if pending:
+                        schedule()
+                elif not pending and isinstance(end, ModelResponse):
+                    yield DeltaBatch(merge(batch), response=end)
+                    return
+                yield DeltaBatch(merge(batch))
         finally:
             if timer is not None:
                 timer.cancel()

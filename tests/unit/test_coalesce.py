@@ -316,3 +316,54 @@ def test_a_stream_counts_in_its_gauge_until_it_ends_or_fails() -> None:
         assert done == [DeltaBatch([], response())] and gauge.open == 0
 
     run(main())
+
+
+def test_max_deltas_cuts_a_timed_wait_short() -> None:
+    async def main() -> None:
+        queue = feed(text("a"))
+        batches = coalesce(from_queue(queue), interval=LONG, max_deltas=3)
+        assert (await next_batch(batches)).deltas == [text("a")]
+        queue.put_nowait(text("b", 1))
+        queue.put_nowait(text("c", 2))
+        pending = await still_waiting(batches, 0.05)  # two pending, waiting for the interval
+        queue.put_nowait(text("d", 3))
+        assert (await asyncio.wait_for(pending, 1.0)).deltas == [text("b", 1), text("c", 2), text("d", 3)]
+        await batches.aclose()
+
+    run(main())
+
+
+def test_a_gauge_over_its_budget_widens_the_gap() -> None:
+    async def main() -> None:
+        gauge = StreamGauge(batches_per_s=4)  # one stream open: a gap of 0.25 s, not 0.01
+        queue = feed(text("a"))
+        batches = coalesce(from_queue(queue), interval=0.01, max_deltas=16, gauge=gauge)
+        assert (await next_batch(batches)).deltas == [text("a")]
+        sent_first = time.monotonic()
+        queue.put_nowait(text("b"))
+        pending = await still_waiting(batches, 0.1)
+        assert (await asyncio.wait_for(pending, 1.0)).deltas == [text("b")]
+        assert time.monotonic() - sent_first >= 0.2
+        await batches.aclose()
+
+    run(main())
+
+
+def test_closing_the_batches_closes_the_source() -> None:
+    async def main() -> None:
+        closed = asyncio.Event()
+        queue = feed(text("a"))
+
+        async def source() -> AsyncIterator[ModelDelta | ModelResponse]:
+            try:
+                async for item in from_queue(queue):
+                    yield item
+            finally:
+                closed.set()
+
+        batches = coalesce(source(), interval=LONG, max_deltas=16)
+        assert (await next_batch(batches)).deltas == [text("a")]
+        await batches.aclose()  # the source is waiting for its next delta meanwhile
+        await asyncio.wait_for(closed.wait(), 1.0)
+
+    run(main())

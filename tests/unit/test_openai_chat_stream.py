@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx2
+import openai
 import pytest
 
 from parley.processes import FakeLLMProcess, start_fake_llm
 from runtime.message import Message, TextPart, ToolCallPart
-from runtime.providers.base import ModelDelta, ModelRequest, ModelResponse, ToolSchema
-from runtime.providers.openai import OpenAIProvider, _StreamAssembly
+from runtime.providers.base import (
+    EncodedRequest,
+    ModelDelta,
+    ModelRequest,
+    ModelResponse,
+    ProviderError,
+    ToolSchema,
+)
+from runtime.providers.openai import OpenAIProvider, _SSEData, _StreamAssembly
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -91,3 +100,110 @@ def test_assembly_takes_wire_dicts() -> None:
         ToolCallPart(id="call_1", name="f", arguments='{"a": 1}'),
         ToolCallPart(id="call_2", name="g", arguments="{}"),  # no arguments streamed: an empty object
     ]
+
+
+# --- the stream's own SSE parsing (``_ChunkStream``, ``_SSEData``) -------------------------------
+SSE = (
+    b": a comment\r\n"
+    b'data: {"a": 1}\r\n\r\n'
+    b"event: ping\n"
+    b'data:{"b":\n'
+    b"data:  2}\n"
+    b"id: 7\n\n"
+    b"retry: 10\r\r"
+    b'data: {"c": "\xc3\xa9"}\r\r'
+    b"data: [DONE]\n\n"
+    b'data: {"unfinished": true}\n'
+)
+
+
+def sdk_data(chunks: list[bytes]) -> list[bytes]:
+    """What the SDK's own decoder makes of ``chunks``: each event's data, as bytes."""
+    from openai._streaming import SSEDecoder
+
+    async def main() -> list[bytes]:
+        async def source() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        return [sse.data.encode() async for sse in SSEDecoder().aiter_bytes(source()) if sse.data]
+
+    return asyncio.run(main())
+
+
+def our_data(chunks: list[bytes]) -> list[bytes]:
+    events = _SSEData()
+    return [data for chunk in chunks for data in events.feed(chunk)]
+
+
+def test_sse_data_matches_the_sdks_decoder_however_the_bytes_are_cut() -> None:
+    whole = our_data([SSE])
+    assert whole == [b'{"a": 1}', b'{"b":\n 2}', b'{"c": "\xc3\xa9"}', b"[DONE]"]
+    assert whole == sdk_data([SSE])
+    for cut in range(1, len(SSE)):  # every place one cut can fall, a CRLF's middle included
+        assert our_data([SSE[:cut], SSE[cut:]]) == whole, cut
+    assert our_data([SSE[i : i + 1] for i in range(len(SSE))]) == whole  # a byte at a time
+
+
+def test_sse_data_keeps_a_long_event_whole() -> None:
+    value = b"x" * 100_000
+    chunks = [b'data: "', *(value[i : i + 1000] for i in range(0, len(value), 1000)), b'"\n', b"\n"]
+    assert our_data(chunks) == [b'"' + value + b'"']
+
+
+def stream_from(body: list[bytes]) -> list[ModelDelta | ModelResponse | ProviderError]:
+    """The adapter's stream of a chat completion the server answers with ``body`` (in those
+    chunks); an error it ends with is the last item."""
+
+    class Body(httpx2.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for chunk in body:
+                yield chunk
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=Body())
+
+    async def main() -> list[ModelDelta | ModelResponse | ProviderError]:
+        url = "http://provider.test/v1"
+        provider = OpenAIProvider(api_key="fake", base_url=url, max_retries=0, timeout=10)
+        provider._clients[url] = openai.AsyncOpenAI(
+            api_key="fake",
+            base_url=url,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
+        )
+        encoded = EncodedRequest("openai", None, {"model": "gpt-4o-mini", "messages": []})
+        items: list[ModelDelta | ModelResponse | ProviderError] = []
+        try:
+            async for item in provider.stream_encoded(encoded):
+                items.append(item)
+        except ProviderError as exc:
+            items.append(exc)
+        finally:
+            await provider.aclose()
+        return items
+
+    return asyncio.run(main())
+
+
+def chunk(delta: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+
+
+def test_an_error_in_the_streams_data_fails_it_as_the_sdk_would() -> None:
+    error = {"error": {"message": "The server had an error", "type": "server_error"}}
+    items = stream_from([chunk({"content": "Hel"}), b"data: " + json.dumps(error).encode() + b"\n\n"])
+    assert items[0] == ModelDelta("text", 0, "Hel")
+    assert isinstance(items[1], ProviderError) and len(items) == 2
+    assert items[1].message == "openai call failed: APIError: The server had an error"
+    # No message of its own: the SDK's words.
+    items = stream_from([b'data: {"error": {"code": 500}}\n\n'])
+    assert isinstance(items[0], ProviderError)
+    assert items[0].message == "openai call failed: APIError: An error occurred during streaming"
+
+
+def test_a_stream_ends_at_done() -> None:
+    items = stream_from([chunk({"content": "Hi"}), b"data: [DONE]\n\n", chunk({"content": " there"})])
+    assert items[0] == ModelDelta("text", 0, "Hi")
+    assert isinstance(items[1], ModelResponse) and items[1].parts == [TextPart(text="Hi")]
+    assert len(items) == 2
