@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from .events import Done, Ping, RunError, RunEvent, Stopped, decode_batch
+from .events import Delta, Done, Ping, RunError, RunEvent, Stopped, decode_batch
 from .run import Run, StopReason
 from .store import Store
 
 INTERRUPTED = "interrupted: the server stopped while this run was in progress"
+SETTLE_SECONDS = 0.02  # a held first batch's wait for the run's end after a whole message
 
 
 class RunLog:
@@ -102,9 +103,20 @@ class RunLog:
                 quiet.stop()
 
     async def _wait_for_more_than(self, count: int, seconds: float) -> None:
+        """Hold the first batch (at most ``seconds``) until it is worth sending: the run ended (a
+        quick turn crosses in one piece), a token came (it goes at once), or, once more than
+        ``count`` events are in without one, ``SETTLE_SECONDS`` more for the run's end: a turn's
+        closing store writes come between its last message and its end."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while len(self._events) <= count and not self.finished:
+        settling = False
+        while not self.finished:
+            fresh = self._events[count:]
+            if any(isinstance(event, Delta) for event in fresh):
+                return
+            if fresh and not settling:
+                settling = True
+                deadline = min(deadline, loop.time() + SETTLE_SECONDS)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return

@@ -139,8 +139,9 @@ class Settings(BaseModel):
     # at a tenth of a Ray item's CPU each. Off: every item as a Ray item, for a cluster whose
     # nodes open only Ray's own ports to each other.
     stream_channel: bool = True
-    # A send's first batch waits this long for more than its opening ping, so that a quick turn
-    # crosses from its actor in one piece; later events are never held.
+    # A send's first batch waits up to this long for more than its opening ping, so that a quick
+    # turn crosses from its actor in one piece: until the run ends, its first token comes, or 20 ms
+    # after a whole message (a turn's closing store writes). Later events are never held.
     first_batch_hold_ms: float = 100.0
     ray_address: str | None = None  # join an existing cluster instead of starting one
     # Where Serve runs HTTP proxies in a cluster: "EveryNode" (behind a load balancer) or "HeadOnly".

@@ -4,14 +4,24 @@ Every row keeps its object as JSON in ``data`` plus the few columns that queries
 is an autoincrement column: listings order by it (creation order without timestamp ties) and
 cursors translate an id into its ``pos``. Writes are short ``BEGIN IMMEDIATE`` transactions, so
 concurrent writers from other processes wait on ``busy_timeout`` instead of failing.
+
+Every call runs on the store's own thread, never on the caller's event loop. SQLite blocks while it
+waits for another process's write lock (its busy handler sleeps 1, 2, 5, 10 ... ms) and while a
+commit runs a WAL checkpoint (an fsync: 20 ms seen here); on the loop, either stalls every token
+stream the process serves, by more than the gap between two of their batches. The thread is one,
+so calls run one at a time in the order they were made, as they did on the loop; sqlite3 releases
+the GIL while it waits, so the loop runs meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,6 +35,23 @@ from ..tools.tool import Tool
 from .base import Page, Store
 
 M = TypeVar("M", bound=BaseModel)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _off_loop(
+    method: Callable[Concatenate[SqliteStore, P], R],
+) -> Callable[Concatenate[SqliteStore, P], Awaitable[R]]:
+    """The store method, run on the store's thread (see the module docstring)."""
+
+    @functools.wraps(method)
+    async def call(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, functools.partial(method, self, *args, **kwargs)
+        )
+
+    return call
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -73,8 +100,10 @@ class SqliteStore(Store):
         # NORMAL in WAL mode survives a process crash (kill -9); only power loss may drop the last commits.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
 
     def close(self) -> None:
+        self._thread.shutdown(wait=True)
         self._db.close()
 
     # --- helpers ------------------------------------------------------------------------------
@@ -120,7 +149,8 @@ class SqliteStore(Store):
         return sql, args, reverse
 
     # --- agents and blocks ---------------------------------------------------------------------
-    async def create_agent(self, agent: Agent, blocks: Sequence[Block]) -> None:
+    @_off_loop
+    def create_agent(self, agent: Agent, blocks: Sequence[Block]) -> None:
         with self._tx() as db:
             self._insert_blocks(db, blocks, agent.id)
             db.execute(
@@ -142,10 +172,12 @@ class SqliteStore(Store):
             [(agent.id, t) for t in agent.tags],
         )
 
-    async def get_agent(self, agent_id: str) -> Agent | None:
+    @_off_loop
+    def get_agent(self, agent_id: str) -> Agent | None:
         return self._one(Agent, "SELECT data FROM agents WHERE id = ?", (agent_id,))
 
-    async def list_agents(
+    @_off_loop
+    def list_agents(
         self, page: Page, name: str | None = None, tags: Sequence[str] = (), match_all_tags: bool = False
     ) -> list[Agent]:
         where: list[str] = ["coalesce(json_extract(data, '$.hidden'), 0) = 0"]
@@ -168,7 +200,8 @@ class SqliteStore(Store):
         agents = self._many(Agent, sql, args)
         return agents[::-1] if reverse else agents
 
-    async def update_agent(self, agent: Agent, new_blocks: Sequence[Block] = ()) -> None:
+    @_off_loop
+    def update_agent(self, agent: Agent, new_blocks: Sequence[Block] = ()) -> None:
         with self._tx() as db:
             self._insert_blocks(db, new_blocks, agent.id)
             db.execute(
@@ -177,7 +210,8 @@ class SqliteStore(Store):
             )
             self._write_tags(db, agent)
 
-    async def delete_agent(self, agent_id: str) -> bool:
+    @_off_loop
+    def delete_agent(self, agent_id: str) -> bool:
         with self._tx() as db:
             gone = db.execute("DELETE FROM agents WHERE id = ?", (agent_id,)).rowcount
             db.execute(
@@ -193,11 +227,13 @@ class SqliteStore(Store):
             db.execute("DELETE FROM blocks WHERE owner_agent_id = ?", (agent_id,))
         return gone > 0
 
-    async def update_block(self, block_id: str, fields: Mapping[str, Any]) -> Block | None:
+    @_off_loop
+    def update_block(self, block_id: str, fields: Mapping[str, Any]) -> Block | None:
         with self._tx() as db:
             return _patch(db, "blocks", Block, block_id, fields)
 
-    async def edit_block(self, block_id: str, edit: Callable[[Block], Mapping[str, Any]]) -> Block | None:
+    @_off_loop
+    def edit_block(self, block_id: str, edit: Callable[[Block], Mapping[str, Any]]) -> Block | None:
         # BEGIN IMMEDIATE takes the write lock before the read: no other writer, in this process
         # or another, can change the block between our read and our write.
         with self._tx() as db:
@@ -206,7 +242,8 @@ class SqliteStore(Store):
                 return None
             return _patch(db, "blocks", Block, block_id, {**edit(current), "updated_at": utcnow()})
 
-    async def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
+    @_off_loop
+    def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
         if not block_ids:
             return []
         marks = ",".join("?" * len(block_ids))
@@ -217,7 +254,8 @@ class SqliteStore(Store):
         return [found[i] for i in block_ids if i in found]
 
     # --- tools ---------------------------------------------------------------------------------
-    async def upsert_tool(self, tool: Tool) -> Tool:
+    @_off_loop
+    def upsert_tool(self, tool: Tool) -> Tool:
         with self._tx() as db:
             existing = self._one(Tool, "SELECT data FROM tools WHERE name = ?", (tool.name,))
             if existing is not None:
@@ -233,7 +271,8 @@ class SqliteStore(Store):
                 )
         return tool
 
-    async def update_tool(self, tool: Tool) -> None:
+    @_off_loop
+    def update_tool(self, tool: Tool) -> None:
         try:
             self._db.execute(
                 "UPDATE tools SET name = ?, tool_type = ?, data = ? WHERE id = ?",
@@ -242,10 +281,12 @@ class SqliteStore(Store):
         except sqlite3.IntegrityError:
             raise Conflict(f"name: a tool named {tool.name!r} already exists") from None
 
-    async def get_tools(self, tool_ids: Sequence[str]) -> list[Tool]:
+    @_off_loop
+    def get_tools(self, tool_ids: Sequence[str]) -> list[Tool]:
         return self._by_keys("id", tool_ids)
 
-    async def get_tools_by_name(self, names: Sequence[str]) -> list[Tool]:
+    @_off_loop
+    def get_tools_by_name(self, names: Sequence[str]) -> list[Tool]:
         return self._by_keys("name", names)
 
     def _by_keys(self, column: str, keys: Sequence[str]) -> list[Tool]:
@@ -256,7 +297,8 @@ class SqliteStore(Store):
         found = {getattr(t, column): t for t in rows}
         return [found[k] for k in keys if k in found]
 
-    async def list_tools(
+    @_off_loop
+    def list_tools(
         self,
         page: Page,
         names: Sequence[str] = (),
@@ -281,21 +323,25 @@ class SqliteStore(Store):
         found = self._many(Tool, sql, args)
         return found[::-1] if reverse else found
 
-    async def delete_tool(self, tool_id: str) -> bool:
+    @_off_loop
+    def delete_tool(self, tool_id: str) -> bool:
         return self._db.execute("DELETE FROM tools WHERE id = ?", (tool_id,)).rowcount > 0
 
     # --- conversations -------------------------------------------------------------------------
-    async def create_conversation(self, conversation: Conversation) -> bool:
+    @_off_loop
+    def create_conversation(self, conversation: Conversation) -> bool:
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO conversations (id, agent_id, data) VALUES (?, ?, ?)",
             (conversation.id, conversation.agent_id, conversation.model_dump_json()),
         )
         return cursor.rowcount == 1
 
-    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+    @_off_loop
+    def get_conversation(self, conversation_id: str) -> Conversation | None:
         return self._one(Conversation, "SELECT data FROM conversations WHERE id = ?", (conversation_id,))
 
-    async def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]:
+    @_off_loop
+    def list_conversations(self, agent_id: str | None, page: Page) -> list[Conversation]:
         # Neither agents' default conversations nor the ephemeral ones of OpenAI responses.
         where: list[str] = ["id != agent_id", "coalesce(json_extract(data, '$.ephemeral'), 0) = 0"]
         args: list[object] = []
@@ -306,13 +352,13 @@ class SqliteStore(Store):
         found = self._many(Conversation, sql, args)
         return found[::-1] if reverse else found
 
-    async def update_conversation(
-        self, conversation_id: str, fields: Mapping[str, Any]
-    ) -> Conversation | None:
+    @_off_loop
+    def update_conversation(self, conversation_id: str, fields: Mapping[str, Any]) -> Conversation | None:
         with self._tx() as db:
             return _patch(db, "conversations", Conversation, conversation_id, fields)
 
-    async def delete_conversation(self, conversation_id: str) -> bool:
+    @_off_loop
+    def delete_conversation(self, conversation_id: str) -> bool:
         with self._tx() as db:
             gone = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
@@ -325,7 +371,8 @@ class SqliteStore(Store):
         return gone > 0
 
     # --- messages ------------------------------------------------------------------------------
-    async def append_messages(
+    @_off_loop
+    def append_messages(
         self, messages: Sequence[Message], conversation_fields: Mapping[str, Any] | None = None
     ) -> None:
         with self._tx() as db:
@@ -344,13 +391,16 @@ class SqliteStore(Store):
             if conversation_fields and messages and messages[0].conversation_id:
                 _patch(db, "conversations", Conversation, messages[0].conversation_id, conversation_fields)
 
-    async def replace_message(self, message: Message) -> None:
+    @_off_loop
+    def replace_message(self, message: Message) -> None:
         self._db.execute("UPDATE messages SET data = ? WHERE id = ?", (_message_json(message), message.id))
 
-    async def delete_messages(self, message_ids: Sequence[str]) -> None:
+    @_off_loop
+    def delete_messages(self, message_ids: Sequence[str]) -> None:
         self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids])
 
-    async def get_messages(self, message_ids: Sequence[str]) -> list[Message]:
+    @_off_loop
+    def get_messages(self, message_ids: Sequence[str]) -> list[Message]:
         if not message_ids:
             return []
         marks = ",".join("?" * len(message_ids))
@@ -362,15 +412,16 @@ class SqliteStore(Store):
         }
         return [found[i] for i in message_ids if i in found]
 
-    async def list_messages(self, conversation_id: str, page: Page) -> list[Message]:
+    @_off_loop
+    def list_messages(self, conversation_id: str, page: Page) -> list[Message]:
         return self._message_page("conversation_id", conversation_id, page)
 
-    async def list_agent_messages(self, agent_id: str, page: Page) -> list[Message]:
+    @_off_loop
+    def list_agent_messages(self, agent_id: str, page: Page) -> list[Message]:
         return self._message_page("agent_id", agent_id, page)
 
-    async def search_messages(
-        self, agent_id: str, query: str, roles: Sequence[str], limit: int
-    ) -> list[Message]:
+    @_off_loop
+    def search_messages(self, agent_id: str, query: str, roles: Sequence[str], limit: int) -> list[Message]:
         # The JSON text narrows the candidates cheaply; the parsed text decides.
         needle = query.lower()
         found: list[Message] = []
@@ -387,7 +438,8 @@ class SqliteStore(Store):
                     break
         return found
 
-    async def list_run_messages(self, run_id: str, page: Page) -> list[Message]:
+    @_off_loop
+    def list_run_messages(self, run_id: str, page: Page) -> list[Message]:
         return self._message_page("run_id", run_id, page)
 
     def _message_page(self, column: str, value: str, page: Page) -> list[Message]:
@@ -417,7 +469,8 @@ class SqliteStore(Store):
         return found
 
     # --- runs ----------------------------------------------------------------------------------
-    async def create_run(self, run: Run) -> None:
+    @_off_loop
+    def create_run(self, run: Run) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO runs (id, agent_id, conversation_id, status, data) VALUES (?, ?, ?, ?, ?)",
@@ -429,7 +482,8 @@ class SqliteStore(Store):
                     (run.conversation_id, run.idempotency_key, run.id),
                 )
 
-    async def find_run_by_key(self, conversation_id: str, key: str) -> Run | None:
+    @_off_loop
+    def find_run_by_key(self, conversation_id: str, key: str) -> Run | None:
         return self._one(
             Run,
             "SELECT runs.data FROM run_keys JOIN runs ON runs.id = run_keys.run_id"
@@ -437,28 +491,34 @@ class SqliteStore(Store):
             (conversation_id, key),
         )
 
-    async def update_run(self, run: Run) -> None:
+    @_off_loop
+    def update_run(self, run: Run) -> None:
         self._db.execute(
             "UPDATE runs SET status = ?, data = ? WHERE id = ?",
             (run.status.value, run.model_dump_json(), run.id),
         )
 
-    async def delete_run(self, run_id: str) -> bool:
+    @_off_loop
+    def delete_run(self, run_id: str) -> bool:
         with self._tx() as db:
             db.execute("DELETE FROM run_log WHERE run_id = ?", (run_id,))
             return db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
 
-    async def append_run_events(self, run_id: str, chunk: bytes) -> None:
+    @_off_loop
+    def append_run_events(self, run_id: str, chunk: bytes) -> None:
         self._db.execute("INSERT INTO run_log (run_id, data) VALUES (?, ?)", (run_id, chunk))
 
-    async def get_run_events(self, run_id: str) -> list[bytes]:
+    @_off_loop
+    def get_run_events(self, run_id: str) -> list[bytes]:
         rows = self._db.execute("SELECT data FROM run_log WHERE run_id = ? ORDER BY n", (run_id,))
         return [bytes(row[0]) for row in rows]
 
-    async def get_run(self, run_id: str) -> Run | None:
+    @_off_loop
+    def get_run(self, run_id: str) -> Run | None:
         return self._one(Run, "SELECT data FROM runs WHERE id = ?", (run_id,))
 
-    async def list_runs(
+    @_off_loop
+    def list_runs(
         self,
         page: Page,
         agent_ids: Sequence[str] = (),
