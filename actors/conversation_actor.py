@@ -40,6 +40,7 @@ from runtime.turn import InputMessage, TurnRequest
 from .activation import Activation, ActivationState, NotHere
 from .channel import Ticket
 from .directory import HostFull, shard_handle, shard_of
+from .heap import freeze_startup_heap
 from .passivation import PassivationPolicy, default_live_per_node
 from .placement import node_of
 from .provider_actor import ProviderPool
@@ -101,6 +102,7 @@ class ConversationActor:
         self._live: OrderedDict[str, Activation] = OrderedDict()
         self._reaper: asyncio.Task[None] | None = None
         self._leaving: set[asyncio.Task[None]] = set()
+        freeze_startup_heap()
 
     # --- binding (called by the directory) ---------------------------------------------------------
     @ray.method(enable_task_events=False)

@@ -35,6 +35,7 @@ from runtime.providers.retry import RetryPolicy
 from runtime.settings import ProviderCredentials, Settings
 
 from .channel import ChannelBroken, Ticket
+from .heap import freeze_startup_heap
 from .streams import stream_out, stream_values
 
 MAX_CONCURRENCY = 2000
@@ -56,6 +57,8 @@ class ProviderActor:
             retry=RetryPolicy.from_settings(settings),
             recorder=Recorder.from_settings(settings, credentials.secrets()),
         )
+        freeze_startup_heap()
+        self._heap_settled = False
 
     @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
     async def complete(self, encoded: EncodedRequest) -> ModelResponse:
@@ -67,11 +70,14 @@ class ProviderActor:
         stream = self._registry.stream_encoded(encoded)
         batches = coalesce(stream, interval, self._settings.coalesce_tokens, self._streams)
         async with aclosing(batches):
-            # The first batch as a Ray item: it is there before the reader has connected.
+            # The first batch rides with the ticket: it is there before the reader has connected.
             async for item in stream_out(
                 batches, direct=1, channel=self._settings.stream_channel, final=_is_last_batch
             ):
                 yield item
+        if not self._heap_settled:  # the SDK has loaded what a stream needs: keep it out of collections
+            self._heap_settled = True
+            freeze_startup_heap()
 
     async def ready(self) -> bool:
         return True

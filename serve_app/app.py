@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 from ray import serve
 
+from actors.heap import freeze_startup_heap
 from runtime import __version__
 from runtime.settings import Settings
 
@@ -60,3 +61,4 @@ class ParleyIngress:
         started = services.Services.start(settings)
         started.lifecycle.start()
         services.install(started)
+        freeze_startup_heap()
