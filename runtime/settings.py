@@ -135,8 +135,8 @@ class Settings(BaseModel):
     # instead of a backlog. 0: no budget. 2500 leaves 100 streams at the 40 ms gap.
     coalesce_batches_per_s: float = 2500.0
     # Token streams cross between Parley's processes (provider actor to conversation actor to
-    # ingress) over a direct TCP connection per stream after their first items (actors.channel),
-    # at a tenth of a Ray item's CPU each. Off: every item as a Ray item, for a cluster whose
+    # ingress) over a direct connection per stream after their first items (actors.channel: a
+    # Unix socket on the same node, TCP across nodes), at a tenth of a Ray item's CPU each. Off: every item as a Ray item, for a cluster whose
     # nodes open only Ray's own ports to each other.
     stream_channel: bool = True
     # A send's first batch waits up to this long for more than its opening ping, so that a quick
