@@ -39,6 +39,9 @@ from .heap import freeze_startup_heap
 from .streams import stream_out, stream_values
 
 MAX_CONCURRENCY = 2000
+# Seconds before each retry of a call whose provider actor died under it (a node lost): the first
+# retry at once, then time for Ray to notice the death and restart the actor.
+RESTART_PAUSES = (0.0, 0.5, 1.0)
 
 
 def provider_actor_name(index: int) -> str:
@@ -135,7 +138,9 @@ class ProviderPool:
         return self._handle
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        for attempt in range(2):
+        """The call, again after a pause when its actor died under it (``RESTART_PAUSES``): the
+        actor restarts elsewhere, and a call made before Ray has noticed the death fails too."""
+        for attempt, pause in enumerate((*RESTART_PAUSES, None)):
             ref = self._actor(refresh=attempt > 0).complete.remote(encode(request, self._caches))
             try:
                 return await ref
@@ -143,8 +148,9 @@ class ProviderPool:
                 ray.cancel(ref)
                 raise
             except RayActorError:
-                if attempt:
+                if pause is None:
                     raise ProviderError("the provider actor is unavailable", "connection") from None
+                await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
     async def stream_batches(self, request: ModelRequest) -> AsyncIterator[DeltaBatch]:
