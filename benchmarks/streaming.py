@@ -31,6 +31,8 @@ HOPS = (
     ("ray::ProxyActor", "serve proxy"),
 )
 HOP_NAMES = [name for _, name in HOPS] + ["other"]
+# The issue's bound on the gap between text deltas: gaps longer than this are counted by window.
+LONG_GAP_S = 0.05
 
 
 def hop_of(proc: psutil.Process) -> str:
@@ -82,6 +84,8 @@ class StreamResult:
     first_text: float | None = None  # seconds from sending to the first text delta
     gaps: list[float] = field(default_factory=list)  # seconds between consecutive text deltas
     deltas: int = 0
+    # perf_counter() when each text delta arrived: the first, then the end of each gap in ``gaps``
+    arrivals: list[float] = field(default_factory=list)
 
 
 async def stream_turn(
@@ -114,6 +118,7 @@ async def stream_turn(
                         continue
                     pieces.append(piece)
                     result.deltas += 1
+                    result.arrivals.append(now)
                     if last is None:
                         result.first_text = now - began
                     else:
@@ -132,10 +137,30 @@ def _ms(values: list[float], q: float) -> float | None:
     return percentile(values, q) * 1e3 if values else None
 
 
+def gaps_by_window(results: list[StreamResult]) -> dict[str, list[float]]:
+    """The gaps of ``results`` by when they ended: ``start`` while streams were still starting
+    (before the last first text), ``end`` once streams were ending (after the first last text), and
+    ``steady`` in between, when every stream was mid-reply. All N streams start at once, so the
+    start and end windows are where turn starts and ends queue for the CPU with the live streams;
+    ``steady`` is what a stream meets between such bursts (empty when the windows overlap)."""
+    done = [r for r in results if r.arrivals]
+    windows: dict[str, list[float]] = {"start": [], "steady": [], "end": []}
+    if not done:
+        return windows
+    all_started = max(r.arrivals[0] for r in done)
+    first_ended = min(r.arrivals[-1] for r in done)
+    for r in done:
+        for gap, at in zip(r.gaps, r.arrivals[1:], strict=True):
+            window = "start" if at <= all_started else "end" if at >= first_ended else "steady"
+            windows[window].append(gap)
+    return windows
+
+
 def phase_record(results: list[StreamResult], cpu: dict[str, float] | None, wall: float) -> dict[str, Any]:
     """One phase's figures; ``cpu`` by hop, None when no server's CPU was measured."""
     ok = [r for r in results if r.ok]
     gaps = [g for r in ok for g in r.gaps]
+    windows = gaps_by_window(ok)
     firsts = [r.first_text for r in ok if r.first_text is not None]
     n = max(len(ok), 1)
     return {
@@ -144,6 +169,8 @@ def phase_record(results: list[StreamResult], cpu: dict[str, float] | None, wall
         "wall_s": wall,
         "first_text_ms": {"p50": _ms(firsts, 50), "p99": _ms(firsts, 99)},
         "gap_ms": {"p50": _ms(gaps, 50), "p99": _ms(gaps, 99), "max": _ms(gaps, 100)},
+        "steady_gap_ms": {"p50": _ms(windows["steady"], 50), "p99": _ms(windows["steady"], 99)},
+        "long_gaps": {name: sum(g > LONG_GAP_S for g in found) for name, found in windows.items()},
         "deltas_per_reply": median([float(r.deltas) for r in ok]),
         "cpu_ms_per_turn": sum(cpu.values()) * 1e3 / n if cpu is not None else None,
         "hop_cpu_ms_per_turn": {hop: spent * 1e3 / n for hop, spent in (cpu or {}).items()},
@@ -166,6 +193,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": dict(errors),
         "first_text_ms": {q: med(lambda r, q=q: r["first_text_ms"][q]) for q in ("p50", "p99")},
         "gap_ms": {q: med(lambda r, q=q: r["gap_ms"][q]) for q in ("p50", "p99", "max")},
+        "steady_gap_ms": {q: med(lambda r, q=q: r["steady_gap_ms"][q]) for q in ("p50", "p99")},
+        "long_gaps": {w: med(lambda r, w=w: r["long_gaps"][w]) for w in ("start", "steady", "end")},
         "deltas_per_reply": med(lambda r: r["deltas_per_reply"]),
         "cpu_ms_per_turn": med(lambda r: r["cpu_ms_per_turn"]),
         "other_s": med(lambda r: r.get("other_s")),
@@ -252,12 +281,13 @@ def streaming_md(streaming: dict[str, Any]) -> list[str]:
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}"
 
+    columns = ["streams", "surface", "first text p50 / p99 ms", "gap p50 / p99 / max ms", "deltas per reply"]
+    columns += ["CPU ms per turn", *HOP_NAMES, "other CPU s", "ok", "errors"]
     lines = [
         f"## Streaming (provider token delay {streaming['token_delay_s']} s; medians over repeats)",
         "",
-        "| streams | surface | first text p50 / p99 ms | gap p50 / p99 / max ms | deltas per reply "
-        "| CPU ms per turn | " + " | ".join(HOP_NAMES) + " | other CPU s | ok | errors |",
-        "|" + "---|" * (8 + len(HOP_NAMES)),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for p in streaming["points"]:
         hops = " | ".join(f(p["hop_cpu_ms_per_turn"].get(h)) for h in HOP_NAMES)
@@ -265,6 +295,22 @@ def streaming_md(streaming: dict[str, Any]) -> list[str]:
             f"| {p['streams']} | {p['surface']} | {f(p['first_text_ms']['p50'])} / {f(p['first_text_ms']['p99'])} "
             f"| {f(p['gap_ms']['p50'])} / {f(p['gap_ms']['p99'])} / {f(p['gap_ms']['max'])} "
             f"| {f(p['deltas_per_reply'])} | {f(p['cpu_ms_per_turn'])} | {hops} | {f(p.get('other_s'))} | {p['ok']} | {p['errors'] or '-'} |"
+        )
+    long_ms = f"{LONG_GAP_S * 1e3:.0f}"
+    lines += [
+        "",
+        f"Where the gaps over {long_ms} ms are. All streams start at once: *start* is until the last "
+        "stream's first text, *end* from the first stream's last text, *steady* in between (every "
+        "stream mid-reply).",
+        "",
+        f"| streams | surface | steady gap p50 / p99 ms | gaps over {long_ms} ms: start / steady / end |",
+        "|---|---|---|---|",
+    ]
+    for p in streaming["points"]:
+        steady, long = p.get("steady_gap_ms") or {}, p.get("long_gaps") or {}
+        lines.append(
+            f"| {p['streams']} | {p['surface']} | {f(steady.get('p50'))} / {f(steady.get('p99'))} "
+            f"| {' / '.join(f(long.get(w)) for w in ('start', 'steady', 'end'))} |"
         )
     lines.append("")
     return lines

@@ -391,8 +391,32 @@ def test_streaming_table_has_the_baselines_beside_parley():
         {"streams": 4, "surface": "letta", **summarize([parley])},
         {"streams": 4, "surface": "direct", **summarize([direct])},
     ]
-    letta_row, direct_row = [
+    letta_row, direct_row, *_windows = [
         line for line in streaming_md({"points": points, "token_delay_s": 0.025}) if line.startswith("| 4 |")
     ]
     assert "| 15 | 10 |" in letta_row  # CPU per turn, then the provider actor's share
     assert direct_row.startswith("| 4 | direct | 20 / 20 | 30 / 30 / 30 | 3.0 | - | -")
+
+
+def test_streaming_gaps_are_told_apart_by_when_they_ended():
+    from benchmarks.streaming import StreamResult, gaps_by_window, phase_record, streaming_md, summarize
+
+    # Two streams: one starts at 0 and ends at 1.0, the other starts at 0.3 and ends at 1.2. So
+    # the start window runs to 0.3, the end window from 1.0, steady in between.
+    early = StreamResult(ok=True, first_text=0.0, gaps=[0.2, 0.06, 0.04, 0.7], deltas=5)
+    early.arrivals = [0.0, 0.2, 0.26, 0.3, 1.0]
+    late = StreamResult(ok=True, first_text=0.3, gaps=[0.04, 0.06, 0.8], deltas=4)
+    late.arrivals = [0.3, 0.34, 0.4, 1.2]
+    windows = gaps_by_window([early, late])
+    assert sorted(windows["start"]) == [0.04, 0.06, 0.2]  # ended at 0.2, 0.26, 0.3
+    assert sorted(windows["steady"]) == [0.04, 0.06]  # ended at 0.34, 0.4
+    assert sorted(windows["end"]) == [0.7, 0.8]
+    record = phase_record([early, late], None, 1.2)
+    assert record["long_gaps"] == {"start": 2, "steady": 1, "end": 2}
+    point = {"streams": 2, "surface": "letta", **summarize([record])}
+    [row] = [
+        line
+        for line in streaming_md({"points": [point], "token_delay_s": 0.025})
+        if line.startswith("| 2 |") and line.count("|") == 5
+    ]
+    assert row == "| 2 | letta | 40 / 60 | 2.0 / 1.0 / 2.0 |"
