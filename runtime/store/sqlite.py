@@ -5,12 +5,19 @@ is an autoincrement column: listings order by it (creation order without timesta
 cursors translate an id into its ``pos``. Writes are short ``BEGIN IMMEDIATE`` transactions, so
 concurrent writers from other processes wait on ``busy_timeout`` instead of failing.
 
-Every call runs on the store's own thread, never on the caller's event loop. SQLite blocks while it
-waits for another process's write lock (its busy handler sleeps 1, 2, 5, 10 ... ms) and while a
-commit runs a WAL checkpoint (an fsync: 20 ms seen here); on the loop, either stalls every token
-stream the process serves, by more than the gap between two of their batches. The thread is one,
-so calls run one at a time in the order they were made, as they did on the loop; sqlite3 releases
-the GIL while it waits, so the loop runs meanwhile.
+Writes, and reads that may be long (listings, a history, a run's events), run on the store's own
+thread, never on the caller's event loop. SQLite blocks while it waits for another process's write
+lock (its busy handler sleeps 1, 2, 5, 10 ... ms) and while a commit runs a WAL checkpoint (an
+fsync: 20 ms seen here); on the loop, either stalls every token stream the process serves, by more
+than the gap between two of their batches. The thread is one, so these calls run one at a time in
+the order they were made; sqlite3 releases the GIL while it waits, so the loop runs meanwhile.
+
+Point reads (a row or a few by key: what every turn reads at its start) run on the caller's loop,
+over a connection of their own (``_point_read``). The hop to the thread and back costs ~70 us of
+CPU, against ~4 us for such a read, and a turn makes several. In WAL mode a reader takes no lock
+that a writer holds, so it does not wait on the busy handler, and it never runs a checkpoint. It
+sees what was committed when it runs: every write the caller awaited before it, as on the thread.
+An in-memory database has no second connection, so there they stay on the thread.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import functools
 import os
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -49,6 +57,22 @@ def _off_loop(
         return await asyncio.get_running_loop().run_in_executor(
             self._thread, functools.partial(method, self, *args, **kwargs)
         )
+
+    return call
+
+
+def _point_read(
+    method: Callable[Concatenate[SqliteStore, P], R],
+) -> Callable[Concatenate[SqliteStore, P], Awaitable[R]]:
+    """The store method, run at once on the caller's loop over the read connection (see the module
+    docstring); only for reads of a few rows by key."""
+    on_thread = _off_loop(method)
+
+    @functools.wraps(method)
+    async def call(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._reader is None:
+            return await on_thread(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
 
     return call
 
@@ -100,22 +124,40 @@ class SqliteStore(Store):
         # NORMAL in WAL mode survives a process crash (kill -9); only power loss may drop the last commits.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._on_thread = threading.local()  # ``writer`` is set on the store's thread only
+        self._thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-store", initializer=self._mark_thread
+        )
+        self._reader: sqlite3.Connection | None = None
+        if path != ":memory:":
+            self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout = 10000")
+
+    def _mark_thread(self) -> None:
+        self._on_thread.writer = True
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
         self._db.close()
+        if self._reader is not None:
+            self._reader.close()
 
     # --- helpers ------------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
+    def _conn(self) -> sqlite3.Connection:
+        """The store thread's connection there; the read connection on a loop (``_point_read``)."""
+        if self._reader is None or getattr(self._on_thread, "writer", False):
+            return self._db
+        return self._reader
+
     def _one(self, model: type[M], sql: str, args: Sequence[object]) -> M | None:
-        row = self._db.execute(sql, args).fetchone()
+        row = self._conn().execute(sql, args).fetchone()
         return model.model_validate_json(row[0]) if row else None
 
     def _many(self, model: type[M], sql: str, args: Sequence[object]) -> list[M]:
-        return [model.model_validate_json(row[0]) for row in self._db.execute(sql, args)]
+        return [model.model_validate_json(row[0]) for row in self._conn().execute(sql, args)]
 
     def _pos(self, table: str, row_id: str | None) -> int | None:
         if row_id is None:
@@ -172,7 +214,7 @@ class SqliteStore(Store):
             [(agent.id, t) for t in agent.tags],
         )
 
-    @_off_loop
+    @_point_read
     def get_agent(self, agent_id: str) -> Agent | None:
         return self._one(Agent, "SELECT data FROM agents WHERE id = ?", (agent_id,))
 
@@ -242,7 +284,7 @@ class SqliteStore(Store):
                 return None
             return _patch(db, "blocks", Block, block_id, {**edit(current), "updated_at": utcnow()})
 
-    @_off_loop
+    @_point_read
     def get_blocks(self, block_ids: Sequence[str]) -> list[Block]:
         if not block_ids:
             return []
@@ -281,7 +323,7 @@ class SqliteStore(Store):
         except sqlite3.IntegrityError:
             raise Conflict(f"name: a tool named {tool.name!r} already exists") from None
 
-    @_off_loop
+    @_point_read
     def get_tools(self, tool_ids: Sequence[str]) -> list[Tool]:
         return self._by_keys("id", tool_ids)
 
@@ -336,7 +378,7 @@ class SqliteStore(Store):
         )
         return cursor.rowcount == 1
 
-    @_off_loop
+    @_point_read
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         return self._one(Conversation, "SELECT data FROM conversations WHERE id = ?", (conversation_id,))
 
@@ -482,7 +524,7 @@ class SqliteStore(Store):
                     (run.conversation_id, run.idempotency_key, run.id),
                 )
 
-    @_off_loop
+    @_point_read
     def find_run_by_key(self, conversation_id: str, key: str) -> Run | None:
         return self._one(
             Run,
@@ -513,7 +555,7 @@ class SqliteStore(Store):
         rows = self._db.execute("SELECT data FROM run_log WHERE run_id = ? ORDER BY n", (run_id,))
         return [bytes(row[0]) for row in rows]
 
-    @_off_loop
+    @_point_read
     def get_run(self, run_id: str) -> Run | None:
         return self._one(Run, "SELECT data FROM runs WHERE id = ?", (run_id,))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sqlite3
+import threading
 from collections.abc import Coroutine, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -91,6 +92,40 @@ def test_reopening_keeps_data(db_path: str, store: SqliteStore) -> None:
         assert run(again.get_agent(agent.id)) == agent
     finally:
         again.close()
+
+
+# --- where calls run ------------------------------------------------------------------------------
+def test_point_reads_do_not_wait_for_the_store_thread(store: SqliteStore) -> None:
+    agent = add_agent(store)
+    conversation = add_conversation(store, agent)
+    busy = threading.Event()
+    store._thread.submit(busy.wait, 5)  # the store thread is stuck (a long write, say)
+
+    async def reads() -> tuple[Agent | None, Conversation | None]:
+        async with asyncio.timeout(1):
+            return await store.get_agent(agent.id), await store.get_conversation(conversation.id)
+
+    try:
+        assert run(reads()) == (agent, conversation)
+    finally:
+        busy.set()
+
+
+def test_point_reads_do_not_wait_for_another_process_write_lock(store: SqliteStore, db_path: str) -> None:
+    agent = add_agent(store)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock; in WAL mode readers go on
+    other.execute("DELETE FROM agents WHERE id = ?", (agent.id,))
+
+    async def read() -> Agent | None:
+        async with asyncio.timeout(1):
+            return await store.get_agent(agent.id)
+
+    try:
+        assert run(read()) == agent  # the last commit's, not the open transaction's deletion
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 # --- transactions ---------------------------------------------------------------------------------
