@@ -65,8 +65,14 @@ class RunStream:
         return cls(events)
 
     @property
+    def started(self) -> RunStarted | None:
+        """The run's opening event, when this stream begins with it (a ``send`` always does)."""
+        return next((e for e in self.first if isinstance(e, RunStarted)), None)
+
+    @property
     def run_id(self) -> str | None:
-        return next((e.run_id for e in self.first if isinstance(e, RunStarted)), None)
+        started = self.started
+        return started.run_id if started is not None else None
 
     async def __aiter__(self) -> AsyncIterator[list[RunEvent]]:
         yield self.first

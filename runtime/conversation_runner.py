@@ -26,7 +26,16 @@ from .agent_loop import AgentLoop
 from .clock import utcnow
 from .conversation_state import ConversationState
 from .errors import ConversationBusy, InvalidArgument, NotFound
-from .events import Done, MessageDone, RunError, RunEvent, RunStarted, Stopped, encode_batch
+from .events import (
+    INTERNAL_ERROR,
+    Done,
+    MessageDone,
+    RunError,
+    RunEvent,
+    RunStarted,
+    Stopped,
+    encode_batch,
+)
 from .handles import llm_config_for
 from .inputs import stored_inputs
 from .message import Message
@@ -128,7 +137,7 @@ class ConversationRunner:
             except BaseException:
                 self.active = None
                 raise
-            active.log.append(RunStarted(run_id=run.id))
+            active.log.append(RunStarted(run_id=run.id, created_at=run.created_at))
             if active.background:
                 self._write_through(active.log)
             # A run that outlives its request (background, or keyed for a retry) starts in a fresh
@@ -174,7 +183,7 @@ class ConversationRunner:
         except NotFound:
             pass
         rebuilt = RunLog(run.id)
-        rebuilt.append(RunStarted(run_id=run.id))
+        rebuilt.append(RunStarted(run_id=run.id, created_at=run.created_at))
         for message in await self.store.list_run_messages(run.id, Page(limit=10_000)):
             if message.step_id is not None:  # produced by a step, not the input
                 rebuilt.append(MessageDone(message=message))
@@ -273,7 +282,7 @@ class ConversationRunner:
                 run_id=run.id,
                 stop_reason=StopReason.error,
                 usage=active.usage,
-                error=RunError(error_type="internal_error", message=f"{type(exc).__name__}: {exc}"),
+                error=RunError(error_type=INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}"),
             )
         if active.cancel_requested and stopped.stop_reason is StopReason.error:
             # The cancel reached a provider call or tool first, which failed of it (a cancelled
@@ -292,13 +301,11 @@ class ConversationRunner:
             return
         active.finished = True
         run = active.run
-        run.status = stopped.stop_reason.run_status
-        run.stop_reason = stopped.stop_reason
-        run.usage = stopped.usage
-        run.completed_at = utcnow()
+        # The event carries the end as the row records it, so a reader renders the run's end
+        # from the log without reading the row back.
+        stopped.completed_at = utcnow()
+        stopped.record_on(run)
         run.total_duration_ns = time.monotonic_ns() - active.started_ns
-        if stopped.error is not None:
-            run.metadata = {**run.metadata, "error": stopped.error.model_dump()}
         try:
             await self.store.update_run(run)
         except Exception:
@@ -421,7 +428,9 @@ async def _close_interrupted(store: Store, run: Run) -> None:
         # Its stored stream stops where the crash cut it. Even with nothing stored yet, a client may
         # have its id from the first event (RunStarted, seq 1), so that one is written too.
         cut = RunLog.from_chunks(run.id, await store.get_run_events(run.id))
-        opening = [cut.append(RunStarted(run_id=run.id))] if not cut.last_seq else []
+        opening = (
+            [cut.append(RunStarted(run_id=run.id, created_at=run.created_at))] if not cut.last_seq else []
+        )
         ending = [*opening, *cut.close(closing_stop(run))]
         if ending:
             await store.append_run_events(run.id, encode_batch(ending))

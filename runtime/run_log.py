@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from .events import Delta, Done, Ping, RunError, RunEvent, Stopped, decode_batch
+from .events import INTERNAL_ERROR, Delta, Done, Ping, RunError, RunEvent, Stopped, decode_batch
 from .run import Run, StopReason
 from .store import Store
 
@@ -166,7 +166,10 @@ class _Quiet:
 
 
 def closing_stop(run: Run) -> Stopped:
-    """How a run whose log was cut short ends: as the store recorded it, else interrupted."""
+    """How a run whose log was cut short ends: as the store recorded it, else interrupted.
+
+    It leaves ``completed_at`` unset: the row may say more than the event can (an interrupted run's
+    error is recorded as plain text), so a reader that renders the run's end reads the row."""
     reason = run.stop_reason if run.status.terminal and run.stop_reason else StopReason.error
     error = None
     if reason is StopReason.error:
@@ -174,7 +177,7 @@ def closing_stop(run: Run) -> Stopped:
         error = (
             RunError.model_validate(recorded)
             if isinstance(recorded, dict)
-            else RunError(error_type="internal_error", message=INTERRUPTED)
+            else RunError(error_type=INTERNAL_ERROR, message=INTERRUPTED)
         )
     return Stopped(run_id=run.id, stop_reason=reason, usage=run.usage, error=error)
 

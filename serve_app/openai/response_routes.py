@@ -38,7 +38,7 @@ from . import ids
 from .conversation_routes import ALL, cursor_page, is_compiled_prompt
 from .home import home_agent, invalid, load_conversation, model_handle
 from .items import items_of, parse_input
-from .responses import created_response, response_object
+from .responses import ResponseEnd, created_response, response_of
 from .stream import ResponseStream, sse
 
 log = logging.getLogger(__name__)
@@ -237,18 +237,40 @@ async def _run_messages(services: Services, run: Run) -> list[Message]:
 
 
 async def response_for(services: Services, run: Run) -> dict[str, Any]:
-    echo = run.request_config["openai"]
     # Inputs carry no step; everything a step produced is output.
     output = [m for m in await _run_messages(services, run) if m.step_id is not None]
-    return response_object(
-        run, model=echo["model"], output=output, conversation_id=echo.get("conversation"), request=echo
-    )
+    return response_of(run, output)
 
 
 def created_for(run: Run) -> dict[str, Any]:
     """The response as it was created, whatever ``run`` has done since (see ``created_response``)."""
     echo = run.request_config["openai"]
     return created_response(run, model=echo["model"], conversation_id=echo.get("conversation"), request=echo)
+
+
+def _as_created(stream: RunStream, conversation: Conversation, turn: TurnRequest) -> Run | None:
+    """The run ``stream`` started, as its runner created it, known without reading it back: its id
+    and ``created_at`` come with its first event, the rest from the request that started it.
+
+    None for a send with an idempotency key: its stream may be an earlier run's (a retry), made
+    from that request's echo, not this one's; its response is read from the store as before. None
+    too when the first event carries no ``created_at`` (a runner of an older version)."""
+    started = stream.started
+    if turn.idempotency_key is not None or started is None or started.created_at is None:
+        return None
+    run = Run(
+        id=started.run_id,
+        agent_id=conversation.agent_id,
+        conversation_id=conversation.id,
+        status=RunStatus.running,
+        background=turn.background,
+        created_at=started.created_at,
+        metadata=turn.run_metadata,
+        request_config=turn.request_config,
+    )
+    # As the store would give it back: the echo holds the request's JSON as parsed, and a NaN or
+    # Infinity in a free-form field (``text``, ``reasoning`` ...) is stored, and so echoed, as null.
+    return Run.model_validate_json(run.model_dump_json())
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -292,24 +314,30 @@ async def create_response(
     stream = await services.conversations.send(conversation.id, turn)
     run_id = stream.run_id
     assert run_id is not None
+    created = _as_created(stream, conversation, turn)
     if body.stream:
         return sse_frames.EventStreamResponse(
-            _events(services, stream, run_id), services.settings.heartbeat_seconds
+            _events(services, stream, run_id, created=created), services.settings.heartbeat_seconds
         )
     if body.background:
         stream.close()  # a background response outlives this request; poll or cancel it
     else:
-        await _drain(stream)
+        end = ResponseEnd()
+        await _drain(stream, end)
+        finished = end.response(created) if created is not None else None
+        if finished is not None:
+            return finished
     run = await services.store.get_run(run_id)
     if run is None:
         raise NotFound(f"Response {ids.to_openai_response(run_id)!r} not found.")
     return await response_for(services, run)
 
 
-async def _drain(stream: RunStream) -> None:
+async def _drain(stream: RunStream, end: ResponseEnd) -> None:
     try:
-        async for _batch in _batches(stream):
-            pass
+        async for batch in _batches(stream):
+            for event in batch:
+                end.feed(event)
     finally:
         stream.close()
 
@@ -323,31 +351,46 @@ async def _batches(stream: RunStream) -> AsyncIterator[list[RunEvent]]:
 
 
 async def _events(
-    services: Services, stream: RunStream, run_id: str, starting_after: int = -1
+    services: Services,
+    stream: RunStream,
+    run_id: str,
+    starting_after: int = -1,
+    created: Run | None = None,
 ) -> AsyncIterator[bytes]:
     """The response's SSE events, those numbered after ``starting_after`` (a resumed stream)."""
-    async for event in _all_events(services, stream, run_id):
+    async for event in _all_events(services, stream, run_id, created):
         if event["sequence_number"] > starting_after:
             yield sse(event)
 
 
-async def _all_events(services: Services, stream: RunStream, run_id: str) -> AsyncIterator[dict[str, Any]]:
+async def _all_events(
+    services: Services, stream: RunStream, run_id: str, created: Run | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """The response's events, from ``created`` (the run as created, or any row of it read before it
+    ended) and the run's own events: no store read while the stream is going, where this replica
+    forwards every other stream too. Without ``created``, or where the log cannot vouch for the
+    run's end (``ResponseEnd``), the run and its messages are read from the store instead."""
     renderer: ResponseStream | None = None
     try:
-        run = await services.store.get_run(run_id)
+        run = created if created is not None else await services.store.get_run(run_id)
         assert run is not None, run_id
         # The run may already be past its start (or finished) by now: the stream opens with the
         # response as created, never with this read's progress.
         renderer = ResponseStream(created_for(run))
         for event in renderer.start():
             yield event
+        end = ResponseEnd()
         async for batch in _batches(stream):
             for event in batch:
+                end.feed(event)
                 for out in renderer.feed(event):
                     yield out
-        final = await services.store.get_run(run_id)
-        assert final is not None, run_id
-        for out in renderer.finish(await response_for(services, final)):
+        response = end.response(run) if created is not None else None
+        if response is None:
+            final = await services.store.get_run(run_id)
+            assert final is not None, run_id
+            response = await response_for(services, final)
+        for out in renderer.finish(response):
             yield out
     except Exception as exc:  # the run's actor went away mid-stream: say so, then end
         log.warning("response stream ended by %s: %s", type(exc).__name__, exc)
@@ -379,8 +422,11 @@ async def retrieve_response(
         if stored is not None
         else await services.conversations.follow(run.conversation_id, run.id, 0)
     )
+    # A run still going ends on this stream, as on its first: its end comes from its events. One
+    # that ended before is a replay, and its end is what the store says now, as a plain retrieve.
+    created = None if run.status.terminal else run
     return sse_frames.EventStreamResponse(
-        _events(services, source, run.id, starting_after), services.settings.heartbeat_seconds
+        _events(services, source, run.id, starting_after, created), services.settings.heartbeat_seconds
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from runtime.events import MessageDone, RunEvent, Stopped
 from runtime.message import Message
 from runtime.run import Run, RunStatus, StopReason, Usage
 
@@ -118,6 +119,47 @@ def response_object(
         "conversation": {"id": ids.to_openai_conversation(conversation_id)} if conversation_id else None,
         **_echoes(request),
     }
+
+
+def response_of(run: Run, output: list[Message]) -> dict[str, Any]:
+    """The response an OpenAI-surface ``run`` (its request echoed in ``request_config``) stands for,
+    with ``output`` the messages it produced, in order."""
+    echo = run.request_config["openai"]
+    return response_object(
+        run, model=echo["model"], output=output, conversation_id=echo.get("conversation"), request=echo
+    )
+
+
+class ResponseEnd:
+    """The finished response, put together from the run's events as one reader sees them, so the
+    replica streaming a response need not read the run and its messages back from the store.
+
+    When ``response`` gives one, it equals ``response_of`` over the stored run and its stored
+    output: the run's output is exactly its ``MessageDone`` events with a step (each message is
+    stored, then announced, so the log has them in store order), and its end is what
+    ``Stopped.record_on`` wrote to the row. It gives None where the log cannot vouch for that (no
+    ``Stopped``, one without ``completed_at``, or not ``announced_all``): read the store then.
+    """
+
+    def __init__(self) -> None:
+        self._output: list[Message] = []
+        self._stopped: Stopped | None = None
+
+    def feed(self, event: RunEvent) -> None:
+        if isinstance(event, MessageDone):
+            if event.message.step_id is not None:  # inputs carry no step: not output
+                self._output.append(event.message)
+        elif isinstance(event, Stopped):
+            self._stopped = event
+
+    def response(self, created: Run) -> dict[str, Any] | None:
+        """The final response of ``created`` (the run as created, or any later row of it)."""
+        stopped = self._stopped
+        if stopped is None or stopped.completed_at is None or not stopped.announced_all:
+            return None
+        ended = created.model_copy()
+        stopped.record_on(ended)
+        return response_of(ended, self._output)
 
 
 def created_response(
