@@ -216,26 +216,31 @@ class Offer:
                 with contextlib.suppress(BaseException):
                     await sending
 
-    async def send(self, frames: _Frames, number: int) -> None:
-        """Write the source's items as stream ``number``'s frames; runs in the task the claiming
-        connection started for it, which it cancels when the reader leaves."""
-        self._sending = asyncio.current_task()
+    def start(self, frames: _Frames, number: int) -> asyncio.Task[None]:
+        """The claiming connection's task writing the source's items as its stream ``number``; the
+        connection cancels it when the reader leaves. Claimed now, and ended when the task is
+        done, however it ends: a reader may leave before the task has even begun."""
+        sending = self._sending = asyncio.get_running_loop().create_task(self._send(frames, number))
         self._claimed.set_result(None)
+        sending.add_done_callback(self._sent)
+        return sending
+
+    def _sent(self, _: asyncio.Task[None]) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    async def _send(self, frames: _Frames, number: int) -> None:
         try:
-            try:
-                async for item in self._source:
-                    frames.send(ITEM, number, pickle.dumps(item, protocol=5))
-                    if frames.behind():
-                        await frames.drain()
-            except Exception as exc:  # the source's own error: the reader raises it
-                frames.send(ERROR, number, _pickled_error(exc))
-            else:
-                frames.send(END, number)
-            with contextlib.suppress(ConnectionError):
-                await frames.drain()
-        finally:
-            if not self._ended.done():
-                self._ended.set_result(None)
+            async for item in self._source:
+                frames.send(ITEM, number, pickle.dumps(item, protocol=5))
+                if frames.behind():
+                    await frames.drain()
+        except Exception as exc:  # the source's own error: the reader raises it
+            frames.send(ERROR, number, _pickled_error(exc))
+        else:
+            frames.send(END, number)
+        with contextlib.suppress(ConnectionError):
+            await frames.drain()
 
 
 def _pickled_error(exc: Exception) -> bytes:
@@ -269,12 +274,11 @@ class _Served:
 
     def take(self, kind: int, number: int, payload: bytes) -> None:
         if kind == CLAIM:
-            offer = self._server.claim(payload)
-            if offer is None or number in self._sending:
+            offer = self._server.claim(payload) if number not in self._sending else None
+            if offer is None:
                 self._frames.send(BROKEN, number, _REFUSED)
                 return
-            task = asyncio.get_running_loop().create_task(offer.send(self._frames, number))
-            self._sending[number] = task
+            task = self._sending[number] = offer.start(self._frames, number)
             task.add_done_callback(lambda task: self._sent(number, task))
         elif kind == CANCEL:
             task = self._sending.pop(number, None)

@@ -372,3 +372,19 @@ async def test_items_of_any_size_cross_whole_beside_another_stream():
     assert read == [big, list(range(500))]
     for offer in offers:
         await offer.served()
+
+
+@on_a_loop
+async def test_a_reader_that_leaves_before_its_first_frame_ends_the_call_at_once():
+    source = Source(list(range(10)), free=1)
+    call = produce(source)
+    ticket = await anext(call)
+    producing = asyncio.ensure_future(anext(call, None))
+    opened = (await ChannelServer.here()).offer(Source([1])())  # the connection, open already
+    assert await _all(read_channel(opened.ticket)) == [1]
+    reading = asyncio.ensure_future(_all(read_channel(ticket)))
+    await asyncio.sleep(0)  # its claim is queued, and its cancel follows it before the producer reads
+    reading.cancel()
+    assert await asyncio.wait_for(producing, 2) is None  # not ChannelUnclaimed after CLAIM_SECONDS
+    await call.aclose()
+    assert source.closed
