@@ -1,4 +1,4 @@
-"""Stream channels: the rest of a Ray streaming call's items over one direct TCP connection.
+"""Stream channels: the rest of a Ray streaming call's items over a direct connection.
 
 Why. A Ray streaming-generator item costs about 0.34 ms of CPU in the process that yields it and
 0.44 ms in the one that reads it, on this 2-core machine, whatever its size; a frame on a
@@ -11,14 +11,36 @@ per streamed turn (156-160 ms against 58-59 with channels, ``benchmarks/RESULTS.
 How. Ray still carries the call: its start, its first items (so an error like a busy conversation
 is still raised at the call), its cancellation and the actor's death. Then the producing method
 yields a ``Ticket`` instead of its next item and offers the rest of its items on the process's
-``ChannelServer``; the reader (``actors.streams.stream_values``) connects to the address on the
-ticket, presents the ticket's token and reads the items as frames until the end frame. The Ray
-call stays open, item-less, until the channel has ended, so that:
+``ChannelServer``; the reader (``actors.streams.stream_values``) claims the ticket's stream on its
+connection to the address on the ticket and reads the items as frames until the end frame. The
+Ray call stays open, item-less, until the channel has ended, so that:
 
 - cancelling the call (``ray.cancel``: the reader left, the run was cancelled) stops the producer
-  as before: the wait is cancelled, and with it the task sending the frames;
+  as before: the wait is cancelled, and with it the task sending the frames (the reader gets
+  ``ChannelBroken`` for that stream);
 - the call ends only after the last frame was written, and an error of the source is sent as a
   frame and raised in the reader as the same exception.
+
+One connection per process pair. A reader keeps one persistent connection per producer (per event
+loop: ``_Link``, cached by the ticket's address) and all the streams it reads from that producer
+share it. A connection per stream cost its set-up and tear-down (6-11% of the busy CPU of the
+conversation actor and of the replica at 50-100 streams) and a handshake round trip before a
+stream's second batch could flow (tens of ms under load). The reader numbers its streams on each
+connection and claims one by sending its number and the ticket's token; every frame after that
+carries the stream's number, and one task per connection hands each frame to its stream's queue.
+
+- A stream's number is not reused on its connection (a 32-bit counter), so a frame still in
+  flight for a stream its reader left (``CANCEL``) is dropped, never taken for another stream's.
+- A connection that fails (the producer died, a reset) ends every stream open on it with
+  ``ChannelBroken`` and leaves the cache: the next stream opens a new one. On the producer's side,
+  a connection's end stops every stream it carried, as a reader leaving does.
+- Frames queued in one event-loop iteration, of any streams, go out in one write (a system call
+  each, not one per frame). A producer whose connection has more than ``HIGH_WATER_BYTES``
+  unsent waits for it to drain: back-pressure is per reader process, not per stream.
+- A reader's per-stream queues are unbounded: the demultiplexing task never waits for a slow
+  stream, so no stream holds up another on the shared connection. A stream's frames are a token
+  stream's batches, which the conversation actor keeps whole in its run log anyway; a process
+  that cannot keep up as a whole stops reading its socket, and its producers wait (above).
 
 Same node, no TCP. The server also listens on a Linux abstract Unix socket (no file to clean up;
 scoped to the network namespace, as the node's address is), named on the ticket; a reader on the
@@ -26,13 +48,16 @@ ticket's node connects there, where a frame costs the kernel about half what loo
 (some 10 us less on each side per frame here). A reader elsewhere, or one the Unix socket refuses,
 uses the TCP address.
 
-Frames: one byte of kind, four of length, then a pickled payload (``ITEM`` a value, ``ERROR`` the
-source's exception; ``END`` has none). Both ends are processes of the same Ray cluster, which
-already trusts pickles from each other; a connection must still present a ticket's random token,
-and each ticket is served at most once.
+Frames: one byte of kind, four of stream number, four of length, then the payload. From the
+reader: ``CLAIM`` (the ticket's token), ``CANCEL`` (none). From the producer: ``ITEM`` (a pickled
+value), ``ERROR`` (the source's pickled exception), ``END`` (none), ``BROKEN`` (why, in UTF-8: the
+token named no live offer, or the producer stopped the stream). Both ends are processes of the
+same Ray cluster, which already trusts pickles from each other; a stream must still be claimed
+with a ticket's random token, and each ticket is served at most once.
 
 An offer nobody claims within ``CLAIM_SECONDS`` is withdrawn: its source is closed and the call
-fails. A reader that closes its end is noticed at the next frame, and the source is closed.
+fails. A reader that leaves a stream before its end sends ``CANCEL``: the stream's sending task is
+cancelled at once, and the source's owner closes it.
 """
 
 from __future__ import annotations
@@ -44,21 +69,28 @@ import secrets
 import struct
 import sys
 import weakref
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 CLAIM_SECONDS = 30.0
-HIGH_WATER_BYTES = 1 << 20  # a reader this far behind makes the producer wait for it
-# Connections waiting to be accepted: a burst of turns starting at once opens one per stream, and a
-# full queue drops the rest's SYNs, which the kernel retries only after a second.
+HIGH_WATER_BYTES = 1 << 20  # a reader process this far behind makes its producers wait for it
+# Connections waiting to be accepted: a burst of readers starting at once opens one each.
 BACKLOG = 4096
 
-ITEM, ERROR, END = 1, 2, 3
-_HEADER = struct.Struct("!BI")
+ITEM, ERROR, END, BROKEN = 1, 2, 3, 4  # producer to reader
+CLAIM, CANCEL = 5, 6  # reader to producer
+_HEADER = struct.Struct("!BII")  # kind, stream number, payload length
 _TOKEN_BYTES = 16
+_NUMBERS = 1 << 32
+_READ_BYTES = 1 << 16
+# The longest frame a reader sends (a claim's token); anything longer is not a reader's.
+_MAX_READER_FRAME = 64
+_REFUSED = b"no such stream: its ticket is unknown, already claimed or withdrawn"
+_CUT = b"the producer stopped the stream before its end"
 
 
 class ChannelBroken(ConnectionError):
@@ -66,7 +98,7 @@ class ChannelBroken(ConnectionError):
 
 
 class ChannelUnclaimed(TimeoutError):
-    """Nobody connected for an offered channel within ``CLAIM_SECONDS``."""
+    """Nobody claimed an offered channel within ``CLAIM_SECONDS``."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +114,82 @@ class Ticket:
     head: tuple[Any, ...] = ()
 
 
+class _Frames:
+    """The frames to write on one connection: those queued in one event-loop iteration go out
+    together, in one write, at the end of it (or at once before a drain)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+
+    def send(self, kind: int, number: int, payload: bytes = b"") -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(_HEADER.pack(kind, number, len(payload)))
+        if payload:
+            self._pending.append(payload)
+        self._pending_bytes += _HEADER.size + len(payload)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if not self._writer.transport.is_closing():  # a closed connection's frames have nobody to go to
+            self._writer.write(data)
+
+    def behind(self) -> bool:
+        """Whether the connection holds more than ``HIGH_WATER_BYTES`` not yet sent."""
+        return self._pending_bytes + self._writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES
+
+    async def drain(self) -> None:
+        """Write what is queued, then wait while the connection's buffer is above its limit."""
+        self.flush()
+        await self._writer.drain()
+
+
+async def _read_frames(
+    reader: asyncio.StreamReader, take: Callable[[int, int, bytes], None], max_length: int = _NUMBERS
+) -> None:
+    """Hand each frame read from ``reader`` to ``take`` (kind, stream number, payload), all those of
+    one read at once, until the connection ends. Returns at a clean end between frames; raises
+    ``IncompleteReadError`` within one, ``ConnectionError`` on a reset, ``ValueError`` on a frame
+    longer than ``max_length``."""
+    rest = b""
+    while True:
+        data = await reader.read(_READ_BYTES)
+        if not data:
+            if rest:
+                raise asyncio.IncompleteReadError(rest, None)
+            return
+        if rest:
+            data = rest + data
+        offset, size = 0, len(data)
+        while size - offset >= _HEADER.size:
+            kind, number, length = _HEADER.unpack_from(data, offset)
+            if length > max_length:
+                raise ValueError(f"a {length}-byte frame where at most {max_length} are expected")
+            end = offset + _HEADER.size + length
+            if end > size:
+                if end - size > _READ_BYTES:  # a large frame: its rest at once, not chunk by chunk
+                    data = data[offset:] + await reader.readexactly(end - size)
+                    offset, end, size = 0, end - offset, end - offset
+                else:
+                    break
+            take(kind, number, data[offset + _HEADER.size : end])
+            offset = end
+        rest = data[offset:]
+
+
 class Offer:
     """One stream offered on the ``ChannelServer``, until its reader has had it all or left.
 
-    Invariant: ``source`` is iterated by at most one task, the connection's, and only after the
-    token was presented; ``served`` cancels that task before returning, so whoever owns ``source``
-    may close it afterwards."""
+    Invariant: ``source`` is iterated by at most one task, the one the claiming connection started
+    for it, and only after the token was presented; ``served`` cancels that task before returning,
+    so whoever owns ``source`` may close it afterwards."""
 
     def __init__(self, server: ChannelServer, source: AsyncIterator[Any], head: tuple[Any, ...] = ()) -> None:
         token = secrets.token_bytes(_TOKEN_BYTES)
@@ -104,7 +206,7 @@ class Offer:
             try:
                 await asyncio.wait_for(asyncio.shield(self._claimed), CLAIM_SECONDS)
             except TimeoutError:
-                raise ChannelUnclaimed("no reader connected for a stream channel") from None
+                raise ChannelUnclaimed("no reader claimed a stream channel") from None
             await asyncio.shield(self._ended)
         finally:
             self._server.withdraw(self.ticket.token)
@@ -114,29 +216,31 @@ class Offer:
                 with contextlib.suppress(BaseException):
                     await sending
 
-    async def send(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Write the source's items to the claiming connection; runs in that connection's task."""
-        self._sending = asyncio.current_task()
+    def start(self, frames: _Frames, number: int) -> asyncio.Task[None]:
+        """The claiming connection's task writing the source's items as its stream ``number``; the
+        connection cancels it when the reader leaves. Claimed now, and ended when the task is
+        done, however it ends: a reader may leave before the task has even begun."""
+        sending = self._sending = asyncio.get_running_loop().create_task(self._send(frames, number))
         self._claimed.set_result(None)
+        sending.add_done_callback(self._sent)
+        return sending
+
+    def _sent(self, _: asyncio.Task[None]) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    async def _send(self, frames: _Frames, number: int) -> None:
         try:
-            try:
-                async for item in self._source:
-                    if reader.at_eof():  # the reader closed its end: it wants no more
-                        return
-                    payload = pickle.dumps(item, protocol=5)
-                    writer.write(_HEADER.pack(ITEM, len(payload)) + payload)
-                    if writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
-                        await writer.drain()
-            except Exception as exc:  # the source's own error: the reader raises it
-                payload = _pickled_error(exc)
-                writer.write(_HEADER.pack(ERROR, len(payload)) + payload)
-            else:
-                writer.write(_HEADER.pack(END, 0))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-        finally:
-            if not self._ended.done():
-                self._ended.set_result(None)
+            async for item in self._source:
+                frames.send(ITEM, number, pickle.dumps(item, protocol=5))
+                if frames.behind():
+                    await frames.drain()
+        except Exception as exc:  # the source's own error: the reader raises it
+            frames.send(ERROR, number, _pickled_error(exc))
+        else:
+            frames.send(END, number)
+        with contextlib.suppress(ConnectionError):
+            await frames.drain()
 
 
 def _pickled_error(exc: Exception) -> bytes:
@@ -152,6 +256,47 @@ def _unpickled_error(payload: bytes) -> BaseException:
     except Exception as exc:  # it pickled, yet its class will not rebuild here (a required argument)
         return RuntimeError(f"the stream's producer failed, and its error could not be read: {exc}")
     return error if isinstance(error, BaseException) else RuntimeError(repr(error))
+
+
+class _Served:
+    """The producer's end of one reader's connection: the streams it claimed, each sent by a task
+    of its own, until the reader cancels it or the connection ends.
+
+    Invariant: ``_sending`` holds exactly the streams whose task may still write; a stream leaves
+    it before its task is cancelled by the reader, so only a task stopped otherwise (its call was
+    cancelled) tells the reader its stream broke."""
+
+    def __init__(self, server: ChannelServer, writer: asyncio.StreamWriter) -> None:
+        self._server = server
+        self._frames = _Frames(writer)
+        self._sending: dict[int, asyncio.Task[None]] = {}
+        self._open = True
+
+    def take(self, kind: int, number: int, payload: bytes) -> None:
+        if kind == CLAIM:
+            offer = self._server.claim(payload) if number not in self._sending else None
+            if offer is None:
+                self._frames.send(BROKEN, number, _REFUSED)
+                return
+            task = self._sending[number] = offer.start(self._frames, number)
+            task.add_done_callback(lambda task: self._sent(number, task))
+        elif kind == CANCEL:
+            task = self._sending.pop(number, None)
+            if task is not None:
+                task.cancel()
+
+    def _sent(self, number: int, task: asyncio.Task[None]) -> None:
+        if self._sending.get(number) is task:
+            del self._sending[number]
+            if task.cancelled() and self._open:  # not by its reader, which has forgotten it
+                self._frames.send(BROKEN, number, _CUT)
+
+    def close(self) -> None:
+        """The connection ended: every stream on it ends, as if its reader had left."""
+        self._open = False
+        sending, self._sending = self._sending, {}
+        for task in sending.values():
+            task.cancel()
 
 
 class ChannelServer:
@@ -170,6 +315,7 @@ class ChannelServer:
         self._offers: dict[bytes, Offer] = {}
         self._server: asyncio.Server | None = None
         self._local_server: asyncio.Server | None = None
+        self.connections: set[asyncio.StreamWriter] = set()  # readers' connections now served
 
     @classmethod
     async def here(cls) -> ChannelServer:
@@ -209,16 +355,21 @@ class ChannelServer:
     def withdraw(self, token: bytes) -> None:
         self._offers.pop(token, None)
 
+    def claim(self, token: bytes) -> Offer | None:
+        """The live offer under ``token``, taken: a token serves one stream."""
+        return self._offers.pop(token, None)
+
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one reader's connection for its lifetime: its claims and cancels, until it ends."""
+        served = _Served(self, writer)
+        self.connections.add(writer)
         try:
-            try:
-                token = await asyncio.wait_for(reader.readexactly(_TOKEN_BYTES), CLAIM_SECONDS)
-            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                return
-            offer = self._offers.pop(token, None)
-            if offer is not None:
-                await offer.send(reader, writer)
+            await _read_frames(reader, served.take, _MAX_READER_FRAME)
+        except (asyncio.IncompleteReadError, OSError, ValueError):  # a reset, or not a reader
+            pass
         finally:
+            self.connections.discard(writer)
+            served.close()
             writer.close()
 
 
@@ -245,23 +396,164 @@ async def _connected(ticket: Ticket) -> tuple[asyncio.StreamReader, asyncio.Stre
         raise ChannelBroken(f"cannot reach the stream channel at {ticket.host}:{ticket.port}: {exc}") from exc
 
 
+_LinkKey = tuple[str, int, str | None]
+
+
+class _Inbox:
+    """One stream's frames, read off its connection and not yet by its reader (unbounded)."""
+
+    __slots__ = ("_waiter", "frames")
+
+    def __init__(self) -> None:
+        self.frames: deque[tuple[int, bytes]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, kind: int, payload: bytes) -> None:
+        self.frames.append((kind, payload))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> tuple[int, bytes]:
+        while not self.frames:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.frames.popleft()
+
+
+class _Link:
+    """A reader's connection to one producer's ``ChannelServer``, shared by all the streams this
+    loop reads from it; one task reads it and hands each frame to its stream's ``_Inbox``.
+
+    Invariant: ``_streams`` holds the streams still expecting frames; a stream leaves it with its
+    last frame (``END``, ``ERROR``, ``BROKEN``), when its reader leaves it, or when the connection
+    ends, which ends all those left with ``BROKEN``. Once ``closed``, the link is out of the cache."""
+
+    _links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_LinkKey, asyncio.Task[_Link]]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, on_close: Callable[[], None]
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._frames = _Frames(writer)
+        self._streams: dict[int, _Inbox] = {}
+        self._next = 0
+        self._on_close = on_close
+        self.closed = False
+        self._reading = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def to(cls, ticket: Ticket) -> _Link:
+        """This loop's connection to ``ticket``'s producer; the first stream opens it (and streams
+        starting meanwhile wait for it). Raises ``ChannelBroken`` if it cannot be opened."""
+        loop = asyncio.get_running_loop()
+        links = cls._links.get(loop)
+        if links is None:
+            links = cls._links[loop] = {}
+        key: _LinkKey = (ticket.host, ticket.port, ticket.local)
+        opening = links.get(key)
+        if opening is None or not _usable(opening):
+            opening = links[key] = loop.create_task(cls._opened(ticket, links, key))
+            opening.add_done_callback(lambda task: cls._failed(links, key, task))
+        return await asyncio.shield(opening)
+
+    @classmethod
+    async def _opened(
+        cls, ticket: Ticket, links: dict[_LinkKey, asyncio.Task[_Link]], key: _LinkKey
+    ) -> _Link:
+        reader, writer = await _connected(ticket)
+        opening = asyncio.current_task()
+
+        def forget() -> None:
+            if links.get(key) is opening:
+                del links[key]
+
+        return cls(reader, writer, forget)
+
+    @staticmethod
+    def _failed(links: dict[_LinkKey, asyncio.Task[_Link]], key: _LinkKey, task: asyncio.Task[_Link]) -> None:
+        if task.cancelled() or task.exception() is not None:  # retrieved, and not cached: try again
+            if links.get(key) is task:
+                del links[key]
+
+    def open(self, token: bytes) -> tuple[int, _Inbox]:
+        """Claim the stream offered under ``token``: its number here and where its frames go."""
+        while self._next in self._streams:
+            self._next = (self._next + 1) % _NUMBERS
+        number = self._next
+        self._next = (number + 1) % _NUMBERS
+        inbox = _Inbox()
+        if self.closed:  # it ended while this stream waited for it to open
+            inbox.put(BROKEN, b"the stream channel's connection closed before the stream began")
+            return number, inbox
+        self._streams[number] = inbox
+        self._frames.send(CLAIM, number, token)
+        return number, inbox
+
+    def leave(self, number: int) -> None:
+        """The reader of stream ``number`` wants no more: the producer stops it; late frames drop."""
+        if self._streams.pop(number, None) is not None and not self.closed:
+            self._frames.send(CANCEL, number)
+
+    def _take(self, kind: int, number: int, payload: bytes) -> None:
+        inbox = self._streams.get(number)
+        if inbox is None:  # a stream its reader left: what was already on the way
+            return
+        if kind != ITEM:
+            del self._streams[number]
+        inbox.put(kind, payload)
+
+    async def _read(self) -> None:
+        try:
+            await _read_frames(self._reader, self._take)
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            self.closed = True
+            self._on_close()
+            streams, self._streams = self._streams, {}
+            for inbox in streams.values():
+                inbox.put(BROKEN, b"the stream channel's connection closed before its end")
+            self._writer.close()
+
+    def abort(self) -> None:
+        """Cut the connection at once, as a failing network would (tests)."""
+        self._writer.transport.abort()
+
+
+def _usable(opening: asyncio.Task[_Link]) -> bool:
+    """Whether a cached connection is open or opening (a failed one is dropped, but only once its
+    task's done callback has run)."""
+    if not opening.done():
+        return True
+    return not opening.cancelled() and opening.exception() is None and not opening.result().closed
+
+
 async def read_channel(ticket: Ticket) -> AsyncIterator[Any]:
     """The items offered under ``ticket``, in order; the source's error is raised as itself.
-    Raises ``ChannelBroken`` if the connection ends without the end frame."""
-    reader, writer = await _connected(ticket)
+    Raises ``ChannelBroken`` if the stream ends without its end frame: the producer is unreachable,
+    the connection broke, the producer stopped the stream, or the token named no live offer."""
+    link = await _Link.to(ticket)
+    number, inbox = link.open(ticket.token)
+    ended = False
     try:
-        writer.write(ticket.token)
         while True:
-            try:
-                kind, length = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-                payload = await reader.readexactly(length) if length else b""
-            except (asyncio.IncompleteReadError, ConnectionError):
-                raise ChannelBroken("the stream channel closed before its end") from None
+            kind, payload = await inbox.get()
             if kind == ITEM:
                 yield pickle.loads(payload)
-            elif kind == END:
+                continue
+            ended = True
+            if kind == END:
                 return
-            else:
+            if kind == ERROR:
                 raise _unpickled_error(payload)
+            raise ChannelBroken(payload.decode(errors="replace"))
     finally:
-        writer.close()
+        if not ended:
+            link.leave(number)

@@ -1,8 +1,9 @@
 """Both ends of Parley's streaming actor calls: ``stream_out`` yields, ``stream_values`` reads.
 
 A streaming call's first items cross in one Ray item, with a ``Ticket`` for the rest: those
-cross over a direct connection (``actors.channel``), which costs a tenth of a Ray item each. ``stream_values`` reads
-either kind of call the same way, so a caller never knows which one it made.
+cross over a direct connection (``actors.channel``, one per pair of processes), which costs a
+tenth of a Ray item each. ``stream_values`` reads either kind of call the same way, so a caller
+never knows which one it made.
 
 Reading a Ray item: ``async for ref in generator`` already waits until each item is in this
 process (Ray's ``_next_async`` awaits it before handing the ref out); ``await ref`` then fetches
@@ -49,10 +50,11 @@ async def stream_out(
     every item.
 
     The ticket goes out as soon as the first ``direct`` items are at hand (a busy conversation, or
-    any error before them, is still raised at the call), so the reader connects while the next
-    item is being made. ``final`` tells the last item of a stream when it sees one: a stream that
-    ends within its ``direct`` items (a quick turn's one batch) goes as plain items and costs no
-    connection. The caller owns ``source`` and closes it after this ends; this only iterates it."""
+    any error before them, is still raised at the call), so the reader claims its channel while
+    the next item is being made. ``final`` tells the last item of a stream when it sees one: a
+    stream that ends within its ``direct`` items (a quick turn's one batch) goes as plain items
+    and costs no channel. The caller owns ``source`` and closes it after this ends; this only
+    iterates it."""
     if not channel:
         async for item in source:
             yield item

@@ -135,9 +135,10 @@ class Settings(BaseModel):
     # instead of a backlog. 0: no budget. 2500 leaves 100 streams at the 40 ms gap.
     coalesce_batches_per_s: float = 2500.0
     # Token streams cross between Parley's processes (provider actor to conversation actor to
-    # ingress) over a direct connection per stream after their first items (actors.channel: a
-    # Unix socket on the same node, TCP across nodes), at a tenth of a Ray item's CPU each. Off: every item as a Ray item, for a cluster whose
-    # nodes open only Ray's own ports to each other.
+    # ingress) after their first items over a direct connection (actors.channel: one per pair of
+    # processes, shared by their streams; a Unix socket on the same node, TCP across nodes), at a
+    # tenth of a Ray item's CPU each. Off: every item as a Ray item, for a cluster whose nodes open
+    # only Ray's own ports to each other.
     stream_channel: bool = True
     # A send's first batch waits up to this long for more than its opening ping, so that a quick
     # turn crosses from its actor in one piece: until the run ends, its first token comes, or 20 ms

@@ -24,12 +24,16 @@ pytestmark = pytest.mark.timeout(20)
 
 class Source:
     """Yields ``items`` (raising ``fail`` after them, if set), waiting for ``gate`` before each
-    item after the first ``free``; records whether it was closed."""
+    item after the first ``free`` (and ``pause`` seconds before each, if set); records whether it
+    was closed."""
 
-    def __init__(self, items: list[Any], fail: Exception | None = None, free: int = 1_000) -> None:
+    def __init__(
+        self, items: list[Any], fail: Exception | None = None, free: int = 1_000, pause: float | None = None
+    ) -> None:
         self.items = items
         self.fail = fail
         self.free = free
+        self.pause = pause
         self.gate = asyncio.Event()
         self.closed = False
         self.taken = 0
@@ -39,6 +43,8 @@ class Source:
             for item in self.items:
                 if self.taken >= self.free:
                     await self.gate.wait()
+                if self.pause is not None:
+                    await asyncio.sleep(self.pause)
                 self.taken += 1
                 yield item
             if self.fail is not None:
@@ -241,3 +247,144 @@ class Unrebuildable(Exception):
 async def test_an_error_that_will_not_rebuild_still_ends_the_stream_with_an_error():
     with pytest.raises(RuntimeError, match="could not be read"):
         await _all(followed(produce(Source([1], fail=Unrebuildable("no", code=3)))))
+
+
+# --- many streams on one connection ------------------------------------------------------------------
+
+
+def _connections_made(monkeypatch: pytest.MonkeyPatch) -> list[Ticket]:
+    """The tickets for which the reader opened a connection, from now on."""
+    made: list[Ticket] = []
+    connected = channel_module._connected
+
+    async def counted(ticket: Ticket) -> Any:
+        made.append(ticket)
+        return await connected(ticket)
+
+    monkeypatch.setattr(channel_module, "_connected", counted)
+    return made
+
+
+@on_a_loop
+async def test_concurrent_streams_from_one_producer_share_one_connection(monkeypatch):
+    made = _connections_made(monkeypatch)
+    server = await ChannelServer.here()
+    sources = [Source([(n, i) for i in range(30)], pause=0.0005) for n in range(3)]
+    offers = [server.offer(source()) for source in sources]
+    read = await asyncio.gather(*(_all(read_channel(offer.ticket)) for offer in offers))
+    assert read == [source.items for source in sources]  # each its own items, in order
+    assert len(made) == 1 and len(server.connections) == 1
+    for offer in offers:
+        await offer.served()
+    offer = server.offer(Source([1])())  # a later stream: the same connection
+    assert await _all(read_channel(offer.ticket)) == [1]
+    await offer.served()
+    assert len(made) == 1
+
+
+@on_a_loop
+async def test_a_reader_leaving_one_stream_does_not_disturb_another_on_its_connection(monkeypatch):
+    made = _connections_made(monkeypatch)
+    leaving, staying = Source(list(range(10)), free=3), Source(list(range(10)), free=3)
+    leaving_call, staying_call = produce(leaving), produce(staying)
+    leaving_ticket, staying_ticket = await anext(leaving_call), await anext(staying_call)
+    leaving_producing = asyncio.ensure_future(anext(leaving_call, None))
+    staying_producing = asyncio.ensure_future(anext(staying_call, None))
+    async with aclosing(read_channel(staying_ticket)) as kept:
+        assert [await anext(kept), await anext(kept)] == [1, 2]
+        async with aclosing(read_channel(leaving_ticket)) as left:
+            assert [await anext(left), await anext(left)] == [1, 2]
+        # Its sending stops at once, though its source is still waiting for its next item.
+        assert await asyncio.wait_for(leaving_producing, 2) is None
+        await leaving_call.aclose()
+        assert leaving.closed and leaving.taken == 3
+        # A stream left while its frames are on the way: they are dropped, not misdelivered.
+        flooding = (await ChannelServer.here()).offer(Source(list(range(2_000)))())
+        async with aclosing(read_channel(flooding.ticket)) as flood:
+            assert await anext(flood) == 0
+        await flooding.served()
+        staying.gate.set()
+        assert [item async for item in kept] == list(range(3, 10))
+    assert await asyncio.wait_for(staying_producing, 2) is None
+    await staying_call.aclose()
+    assert staying.closed
+    assert len(made) == 1
+
+
+@pytest.mark.parametrize("end", ["reader", "producer"])
+@on_a_loop
+async def test_a_connection_cut_mid_stream_breaks_every_stream_on_it_and_the_next_opens_anew(
+    monkeypatch, end
+):
+    made = _connections_made(monkeypatch)
+    server = await ChannelServer.here()
+    sources = [Source(list(range(10)), free=2) for _ in range(2)]
+    calls = [produce(source) for source in sources]
+    tickets = [await anext(call) for call in calls]
+    producing = [asyncio.ensure_future(anext(call, None)) for call in calls]
+    readers = [read_channel(ticket) for ticket in tickets]
+    assert [await anext(reader) for reader in readers] == [1, 1]
+    if end == "reader":
+        (opening,) = channel_module._Link._links[asyncio.get_running_loop()].values()
+        opening.result().abort()
+    else:
+        (writer,) = server.connections
+        writer.transport.abort()
+    for reader in readers:
+        with pytest.raises(ChannelBroken):
+            await anext(reader)
+    # The producer's end stops every stream it carried, as a reader leaving would.
+    assert await asyncio.wait_for(asyncio.gather(*producing), 2) == [None, None]
+    for call in calls:
+        await call.aclose()
+    assert all(source.closed for source in sources)
+    offer = server.offer(Source([7, 8])())
+    assert await _all(read_channel(offer.ticket)) == [7, 8]
+    await offer.served()
+    assert len(made) == 2
+
+
+@on_a_loop
+async def test_a_wrong_token_fails_only_its_own_stream(monkeypatch):
+    made = _connections_made(monkeypatch)
+    server = await ChannelServer.here()
+    source = Source(list(range(6)), free=2)
+    offer = server.offer(source())
+    async with aclosing(read_channel(offer.ticket)) as items:
+        assert [await anext(items), await anext(items)] == [0, 1]
+        forged = dataclasses.replace(offer.ticket, token=b"x" * len(offer.ticket.token))
+        with pytest.raises(ChannelBroken, match="no such stream"):
+            await _all(read_channel(forged))
+        with pytest.raises(ChannelBroken, match="no such stream"):  # one use: claimed already
+            await _all(read_channel(offer.ticket))
+        source.gate.set()
+        assert [item async for item in items] == [2, 3, 4, 5]
+    await offer.served()
+    assert len(made) == 1
+
+
+@on_a_loop
+async def test_items_of_any_size_cross_whole_beside_another_stream():
+    server = await ChannelServer.here()
+    big = [b"a" * 10, b"b" * 100_000, b"c" * 3_000_000, b"d", bytes(range(256)) * 300]
+    offers = [server.offer(Source(big)()), server.offer(Source(list(range(500)))())]
+    read = await asyncio.gather(*(_all(read_channel(offer.ticket)) for offer in offers))
+    assert read == [big, list(range(500))]
+    for offer in offers:
+        await offer.served()
+
+
+@on_a_loop
+async def test_a_reader_that_leaves_before_its_first_frame_ends_the_call_at_once():
+    source = Source(list(range(10)), free=1)
+    call = produce(source)
+    ticket = await anext(call)
+    producing = asyncio.ensure_future(anext(call, None))
+    opened = (await ChannelServer.here()).offer(Source([1])())  # the connection, open already
+    assert await _all(read_channel(opened.ticket)) == [1]
+    reading = asyncio.ensure_future(_all(read_channel(ticket)))
+    await asyncio.sleep(0)  # its claim is queued, and its cancel follows it before the producer reads
+    reading.cancel()
+    assert await asyncio.wait_for(producing, 2) is None  # not ChannelUnclaimed after CLAIM_SECONDS
+    await call.aclose()
+    assert source.closed
