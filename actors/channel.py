@@ -458,29 +458,28 @@ class _Link:
             links = cls._links[loop] = {}
         key: _LinkKey = (ticket.host, ticket.port, ticket.local)
         opening = links.get(key)
-        if opening is None or not _usable(opening):
+        if opening is None:
             opening = links[key] = loop.create_task(cls._opened(ticket, links, key))
-            opening.add_done_callback(lambda task: cls._failed(links, key, task))
         return await asyncio.shield(opening)
 
     @classmethod
     async def _opened(
         cls, ticket: Ticket, links: dict[_LinkKey, asyncio.Task[_Link]], key: _LinkKey
     ) -> _Link:
-        reader, writer = await _connected(ticket)
+        """Open the connection. A failed attempt, and later the connection's end, take it out of
+        the cache before anyone else can find it there: the next stream opens a new one."""
         opening = asyncio.current_task()
 
         def forget() -> None:
             if links.get(key) is opening:
                 del links[key]
 
+        try:
+            reader, writer = await _connected(ticket)
+        except BaseException:
+            forget()
+            raise
         return cls(reader, writer, forget)
-
-    @staticmethod
-    def _failed(links: dict[_LinkKey, asyncio.Task[_Link]], key: _LinkKey, task: asyncio.Task[_Link]) -> None:
-        if task.cancelled() or task.exception() is not None:  # retrieved, and not cached: try again
-            if links.get(key) is task:
-                del links[key]
 
     def open(self, token: bytes) -> tuple[int, _Inbox]:
         """Claim the stream offered under ``token``: its number here and where its frames go."""
@@ -525,14 +524,6 @@ class _Link:
     def abort(self) -> None:
         """Cut the connection at once, as a failing network would (tests)."""
         self._writer.transport.abort()
-
-
-def _usable(opening: asyncio.Task[_Link]) -> bool:
-    """Whether a cached connection is open or opening (a failed one is dropped, but only once its
-    task's done callback has run)."""
-    if not opening.done():
-        return True
-    return not opening.cancelled() and opening.exception() is None and not opening.result().closed
 
 
 async def read_channel(ticket: Ticket) -> AsyncIterator[Any]:
