@@ -62,6 +62,14 @@ async def produce(
             yield item
 
 
+async def waiting_call(source: Source) -> tuple[AsyncIterator[Any], Ticket, asyncio.Future[Any]]:
+    """A producing call past its ticket, and the call's wait while its channel is read (it ends
+    with the channel, as the actor method's Ray call does)."""
+    call = produce(source)
+    ticket = await anext(call)
+    return call, ticket, asyncio.ensure_future(anext(call, None))
+
+
 @on_a_loop
 async def test_items_after_the_first_cross_the_channel_in_order():
     batches = [b"first", DeltaBatch([ModelDelta("text", 0, "hel")]), {"n": 2}, b"last"]
@@ -125,10 +133,8 @@ async def test_an_unclaimed_offer_is_withdrawn_and_its_source_closed(monkeypatch
 @on_a_loop
 async def test_a_reader_that_leaves_closes_the_source():
     source = Source(list(range(10)), free=3)
-    call = produce(source)
-    ticket = await anext(call)
+    call, ticket, producing = await waiting_call(source)
     assert ticket.head == (0,)
-    producing = asyncio.ensure_future(anext(call, None))  # the call waits while the channel is read
     async with aclosing(read_channel(ticket)) as items:
         assert [await anext(items), await anext(items)] == [1, 2]
     await asyncio.sleep(0.05)
@@ -141,9 +147,7 @@ async def test_a_reader_that_leaves_closes_the_source():
 @on_a_loop
 async def test_a_cancelled_call_breaks_the_channel_and_closes_the_source():
     source = Source(list(range(10)), free=3)
-    call = produce(source)
-    ticket = await anext(call)
-    producing = asyncio.ensure_future(anext(call, None))
+    call, ticket, producing = await waiting_call(source)
     read: list[Any] = []
 
     async def read_all() -> None:
@@ -377,9 +381,7 @@ async def test_items_of_any_size_cross_whole_beside_another_stream():
 @on_a_loop
 async def test_a_reader_that_leaves_before_its_first_frame_ends_the_call_at_once():
     source = Source(list(range(10)), free=1)
-    call = produce(source)
-    ticket = await anext(call)
-    producing = asyncio.ensure_future(anext(call, None))
+    call, ticket, producing = await waiting_call(source)
     opened = (await ChannelServer.here()).offer(Source([1])())  # the connection, open already
     assert await _all(read_channel(opened.ticket)) == [1]
     reading = asyncio.ensure_future(_all(read_channel(ticket)))
