@@ -15,6 +15,7 @@ from .body_limit import BodySizeLimit, check_json_body
 from .letta import agent_messages, agent_tools, agents, blocks, conversations, runs, tools
 from .lifecycle import LifecycleGate
 from .openai import routes as openai_routes
+from .path_end import PathEnd
 
 MAX_ONGOING_REQUESTS = 2000  # open SSE streams count here; Serve's default of 5 would queue them
 
@@ -28,6 +29,7 @@ def build_app() -> FastAPI:
         dependencies=[Depends(check_json_body)],
     )
     errors.install(app)
+    app.add_middleware(PathEnd)  # added first, so it runs last: just before routing
     app.add_middleware(BodySizeLimit)
     app.add_middleware(BearerAuth)  # no body is read without the key
     app.add_middleware(LifecycleGate)  # added last, so it runs first: a draining server checks no key

@@ -121,7 +121,7 @@ def openai_body(status: int, message: str, param: str | None, code: str | None) 
 
 
 async def send_json_error(
-    scope: Scope, send: Send, status: int, message: str, code: str, headers: dict[str, str]
+    scope: Scope, send: Send, status: int, message: str, code: str | None, headers: dict[str, str]
 ) -> None:
     """An error answered by an ASGI middleware (auth, the lifecycle gate), in the body shape of the
     surface the request is on: it runs before FastAPI routes the request, so no exception handler

@@ -200,6 +200,24 @@ def test_unknown_routes_on_the_openai_surface_answer_in_its_shape(http) -> None:
     assert answer.status_code == 404 and answer.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/tools/%0A"),
+        ("GET", "/v1/conversations/%0A"),
+        ("GET", "/v1/health%0A"),
+        ("POST", "/openai/v1/conversations%0A"),
+    ],
+)
+def test_a_path_ending_in_a_line_feed_is_an_unknown_route(http, method: str, path: str) -> None:
+    """Found by fuzzing: Python's ``$`` matches before a final newline, so ``/v1/tools/%0A`` was
+    served by the collection route (200 with the list) and a POST could create a conversation."""
+    unknown = "/openai/v1/no-such-route" if path.startswith("/openai/") else "/v1/no-such-route"
+    answer = http.request(method, path, json={})
+    expected = http.request(method, unknown, json={})
+    assert (answer.status_code, answer.json()) == (404, expected.json())
+
+
 def test_the_hidden_agent_of_the_openai_surface_is_not_on_the_letta_surface(oai, client) -> None:
     """It owns every OpenAI conversation: a Letta client must not be able to read or delete it."""
     from serve_app.openai.home import HOME_AGENT_ID
