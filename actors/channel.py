@@ -9,17 +9,17 @@ is some 66 batches a reply: Ray's per-item cost was more than half of the whole 
 per streamed turn (156-160 ms against 58-59 with channels, ``benchmarks/RESULTS.md``).
 
 How. Ray still carries the call: its start, its first items (so an error like a busy conversation
-is still raised at the call), its cancellation and the actor's death. Then the producing method
-yields a ``Ticket`` instead of its next item and offers the rest of its items on the process's
-``ChannelServer``; the reader (``actors.streams.stream_values``) claims the ticket's stream on its
-connection to the address on the ticket and reads the items as frames until the end frame. The
-Ray call stays open, item-less, until the channel has ended, so that:
+is still raised at the call) and its cancellation until it returns. The producing method offers
+the rest of its items on the process's ``ChannelServer`` and returns a ``Ticket`` for them
+(``actors.streams.hand_off``); the reader (``actors.streams.handed``) claims the ticket's stream
+on its connection to the address on the ticket and reads the items as frames until the end
+frame. After the call has returned, the channel alone carries the stream:
 
-- cancelling the call (``ray.cancel``: the reader left, the run was cancelled) stops the producer
-  as before: the wait is cancelled, and with it the task sending the frames (the reader gets
-  ``ChannelBroken`` for that stream);
-- the call ends only after the last frame was written, and an error of the source is sent as a
-  frame and raised in the reader as the same exception.
+- a reader that leaves (a client gone, a run cancelled) sends ``CANCEL``: the stream's sending
+  task is cancelled at once, and the source's owner closes it;
+- an error of the source is sent as a frame and raised in the reader as the same exception;
+- a producer that dies breaks the connection, and its readers get ``ChannelBroken`` (and ask Ray
+  whether the actor died, to report that instead).
 
 One connection per process pair. A reader keeps one persistent connection per producer (per event
 loop: ``_Link``, cached by the ticket's address) and all the streams it reads from that producer
@@ -55,9 +55,8 @@ token named no live offer, or the producer stopped the stream). Both ends are pr
 same Ray cluster, which already trusts pickles from each other; a stream must still be claimed
 with a ticket's random token, and each ticket is served at most once.
 
-An offer nobody claims within ``CLAIM_SECONDS`` is withdrawn: its source is closed and the call
-fails. A reader that leaves a stream before its end sends ``CANCEL``: the stream's sending task is
-cancelled at once, and the source's owner closes it.
+An offer nobody claims within ``CLAIM_SECONDS`` is withdrawn and its source closed; a reader that
+will not read a ticket gives it back with ``decline``, which stops it at once.
 """
 
 from __future__ import annotations
@@ -104,14 +103,12 @@ class ChannelUnclaimed(TimeoutError):
 @dataclass(frozen=True)
 class Ticket:
     """Where the rest of a streaming call's items are: an address and a one-use token; ``local``
-    the producer's Unix socket, for a reader on node ``host``. ``head``: the items before those
-    on the channel, carried in the same Ray item as the ticket (one Ray item fewer per call)."""
+    the producer's Unix socket, for a reader on node ``host``."""
 
     host: str
     port: int
     token: bytes
     local: str | None = None
-    head: tuple[Any, ...] = ()
 
 
 class _Frames:
@@ -191,9 +188,9 @@ class Offer:
     for it, and only after the token was presented; ``served`` cancels that task before returning,
     so whoever owns ``source`` may close it afterwards."""
 
-    def __init__(self, server: ChannelServer, source: AsyncIterator[Any], head: tuple[Any, ...] = ()) -> None:
+    def __init__(self, server: ChannelServer, source: AsyncIterator[Any]) -> None:
         token = secrets.token_bytes(_TOKEN_BYTES)
-        self.ticket = Ticket(server.host, server.port, token, server.local, head)
+        self.ticket = Ticket(server.host, server.port, token, server.local)
         self._server = server
         self._source = source
         self._sending: asyncio.Task[None] | None = None
@@ -347,8 +344,8 @@ class ChannelServer:
                 return
             self.local = name
 
-    def offer(self, source: AsyncIterator[Any], head: tuple[Any, ...] = ()) -> Offer:
-        offer = Offer(self, source, head)
+    def offer(self, source: AsyncIterator[Any]) -> Offer:
+        offer = Offer(self, source)
         self._offers[offer.ticket.token] = offer
         return offer
 
@@ -548,3 +545,13 @@ async def read_channel(ticket: Ticket) -> AsyncIterator[Any]:
     finally:
         if not ended:
             link.leave(number)
+
+
+async def decline(ticket: Ticket) -> None:
+    """Give up ``ticket``'s stream unread: it is claimed and left at once, so its producer stops it
+    now rather than when the offer's claim time runs out. A producer out of reach has nothing to
+    stop."""
+    with contextlib.suppress(ChannelBroken):
+        link = await _Link.to(ticket)
+        number, _ = link.open(ticket.token)
+        link.leave(number)

@@ -38,13 +38,12 @@ from runtime.store import open_store
 from runtime.turn import InputMessage, TurnRequest
 
 from .activation import Activation, ActivationState, NotHere
-from .channel import Ticket
 from .directory import HostFull, shard_handle, shard_of
 from .heap import freeze_startup_heap
 from .passivation import PassivationPolicy, default_live_per_node
 from .placement import node_of
 from .provider_actor import ProviderPool
-from .streams import stream_out
+from .streams import Handoff, hand_off
 from .tool_tasks import RayToolRunner
 
 log = logging.getLogger(__name__)
@@ -195,33 +194,44 @@ class ConversationActor:
             activation.calls -= 1
 
     @ray.method(enable_task_events=False)  # per-call task events cost GCS and worker CPU every turn
-    async def send(self, conversation_id: str, request: TurnRequest) -> AsyncIterator[bytes | Ticket]:
-        """The run's events, in batches encoded with ``encode_batch``; ``ConversationBusy`` first
-        if a run holds the conversation."""
-        async with (
-            self._runner(conversation_id) as runner,
-            aclosing(_EncodedBatches(runner.send(request))) as batches,
-        ):
-            async for item in self._stream_out(batches):
-                yield item
+    async def send(self, conversation_id: str, request: TurnRequest) -> Handoff[bytes]:
+        """The run's first batch of events (encoded with ``encode_batch``) and a ticket for the
+        rest; ``ConversationBusy`` if a run holds the conversation."""
+        return await self._hand_off(conversation_id, lambda r: r.send(request))
 
     @ray.method(enable_task_events=False)
-    async def follow(
-        self, conversation_id: str, run_id: str | None, after: int = 0
-    ) -> AsyncIterator[bytes | Ticket]:
-        async with (
-            self._runner(conversation_id) as runner,
-            aclosing(_EncodedBatches(runner.follow(run_id, after))) as batches,
-        ):
-            async for item in self._stream_out(batches):
-                yield item
+    async def follow(self, conversation_id: str, run_id: str | None, after: int = 0) -> Handoff[bytes]:
+        return await self._hand_off(conversation_id, lambda r: r.follow(run_id, after))
 
-    def _stream_out(self, batches: _EncodedBatches) -> AsyncIterator[bytes | Ticket]:
-        # The first batch as a Ray item: a busy conversation or an unknown run is raised at the
-        # call; a run that ended within it needs no channel.
-        return stream_out(
-            batches, direct=1, channel=self._settings.stream_channel, final=lambda _: batches.ended
-        )
+    @ray.method(enable_task_events=False)
+    async def send_items(self, conversation_id: str, request: TurnRequest) -> AsyncIterator[bytes]:
+        """``send`` with every batch a Ray item (``PARLEY_STREAM_CHANNEL=0``)."""
+        async with self._batches(conversation_id, _EncodedBatches(lambda r: r.send(request))) as batches:
+            async for batch in batches:
+                yield batch
+
+    @ray.method(enable_task_events=False)
+    async def follow_items(
+        self, conversation_id: str, run_id: str | None, after: int = 0
+    ) -> AsyncIterator[bytes]:
+        encoded = _EncodedBatches(lambda r: r.follow(run_id, after))
+        async with self._batches(conversation_id, encoded) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def _hand_off(self, conversation_id: str, events: _Events) -> Handoff[bytes]:
+        # The first batch comes with the call: a busy conversation or an unknown run is raised at
+        # the call, and a run that ended within it needs no channel.
+        encoded = _EncodedBatches(events)
+        return await hand_off(self._batches(conversation_id, encoded), final=lambda _: encoded.ended)
+
+    @contextlib.asynccontextmanager
+    async def _batches(
+        self, conversation_id: str, encoded: _EncodedBatches
+    ) -> AsyncIterator[_EncodedBatches]:
+        """The run's encoded batches, with the conversation counted in use until they are closed."""
+        async with self._runner(conversation_id) as runner, aclosing(encoded.of(runner)) as batches:
+            yield batches
 
     @ray.method(enable_task_events=False)
     async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
@@ -327,24 +337,35 @@ class ConversationActor:
                 del self._live[conversation_id]
 
 
-class _EncodedBatches:
-    """A run's event batches encoded (``encode_batch``) for the hop to the reader; ``ended`` once
-    the batch holding the run's ``Done`` went. Closing it closes the batches."""
+_Events = Callable[[ConversationRunner], AsyncIterator[list[RunEvent]]]
 
-    def __init__(self, batches: AsyncIterator[list[RunEvent]]) -> None:
-        self._batches = batches
+
+class _EncodedBatches:
+    """A run's event batches (``events`` of the conversation's runner) encoded with
+    ``encode_batch`` for the hop to the reader; ``ended`` once the batch holding the run's
+    ``Done`` went. Closing it closes the batches."""
+
+    def __init__(self, events: _Events) -> None:
+        self._events = events
+        self._batches: AsyncIterator[list[RunEvent]] | None = None
         self.ended = False
+
+    def of(self, runner: ConversationRunner) -> _EncodedBatches:
+        self._batches = self._events(runner)
+        return self
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
+        assert self._batches is not None, "of(runner) first"
         batch = await anext(self._batches)
         self.ended = bool(batch) and isinstance(batch[-1], Done)
         return encode_batch(batch)
 
     async def aclose(self) -> None:
-        await self._batches.aclose()  # type: ignore[attr-defined]
+        if self._batches is not None:
+            await self._batches.aclose()  # type: ignore[attr-defined]
 
 
 async def _poll_until(done: Callable[[], bool], seconds: float) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import TypeVar
 
 import ray
@@ -26,11 +27,11 @@ from runtime.settings import Settings
 from runtime.turn import InputMessage, TurnRequest
 
 from .activation import NotHere
-from .channel import Ticket
+from .channel import decline
 from .conversation_actor import DRAIN_GRACE_SECONDS, DrainReport, HostReport
 from .directory import Binding, shard_handle, shard_of, unwrap
 from .placement import listed_hosts
-from .streams import stream_values
+from .streams import Handoff, handed, in_background, stream_values
 
 ATTEMPTS = 30
 RETRY_DELAY = 0.05  # grows with each attempt, up to MAX_RETRY_DELAY
@@ -46,18 +47,31 @@ class RunStream:
 
     The first batch has already arrived when a ``RunStream`` is returned, so errors raised before
     a run starts (busy, not found) surface at the call, while an HTTP status can still be chosen.
+    The rest comes over a stream channel (``handoff``), or as Ray items (``generator``, channels
+    off); ``died`` asks the producing actor whether it is still there, when its channel breaks.
     """
 
     def __init__(
         self,
         first: list[RunEvent],
+        *,
+        handoff: Handoff[bytes] | None = None,
+        died: Callable[[], Awaitable[object]] | None = None,
         generator: ray.ObjectRefGenerator | None = None,
-        ticket: Ticket | None = None,
     ) -> None:
         self.first = first
-        self._generator = generator
-        self._ticket = ticket  # where the batches after the first are, when the call sent one
-        self._exhausted = generator is None
+        # The batches after the first, until a reader takes them; and how to stop their producer
+        # if nobody ever does.
+        self._rest: AsyncGenerator[bytes, None] | None = None
+        self._give_up: Callable[[], None] = lambda: None
+        if handoff is not None and handoff.rest is not None:
+            ticket = handoff.rest
+            self._rest = handed(dataclasses.replace(handoff, head=()), died)
+            self._give_up = lambda: in_background(decline(ticket))
+        elif generator is not None:
+            self._rest = _cancelled_if_left(generator)
+            self._give_up = lambda: _cancel(generator)
+        self._reading: AsyncGenerator[list[RunEvent], None] | None = None
 
     @classmethod
     def of(cls, events: list[RunEvent]) -> RunStream:
@@ -74,32 +88,37 @@ class RunStream:
         started = self.started
         return started.run_id if started is not None else None
 
-    async def __aiter__(self) -> AsyncIterator[list[RunEvent]]:
+    def __aiter__(self) -> AsyncGenerator[list[RunEvent], None]:
+        self._reading = self._batches()
+        return self._reading
+
+    async def _batches(self) -> AsyncGenerator[list[RunEvent], None]:
         yield self.first
-        if self._generator is None:
+        rest, self._rest = self._rest, None
+        if rest is None:
             return
-        values = stream_values(self._generator, self._ticket)
         try:
             while True:
                 try:
-                    data = await anext(values)
+                    data = await anext(rest)
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
                     raise unwrap(exc) from None
                 yield decode_batch(data)
-            self._exhausted = True
         finally:
-            await values.aclose()
-            self.close()
+            self._reading = None
+            await rest.aclose()  # leaving before the end tells the producer to stop
 
     def close(self) -> None:
-        """Stop the remote generator if the reader leaves before its end (a client disconnect)."""
-        if not self._exhausted and self._generator is not None:
-            self._exhausted = True
-            # Not recursive: Ray counts the provider calls a run makes as children of the call
-            # that started it, and a background run must outlive its first reader.
-            ray.cancel(self._generator, recursive=False)
+        """The reader leaves, maybe before the end (a client gone, a background run's first
+        reader): the producer stops sending to it. Safe to call at any time, and more than once."""
+        rest, self._rest = self._rest, None
+        reading, self._reading = self._reading, None
+        if reading is not None:  # left mid-way: its clean-up tells the producer
+            in_background(reading.aclose())
+        if rest is not None:  # never taken by a reader
+            self._give_up()
 
 
 class ConversationClient:
@@ -112,16 +131,26 @@ class ConversationClient:
     # --- typed calls --------------------------------------------------------------------------------
     async def send(self, conversation_id: str, request: TurnRequest) -> RunStream:
         """Start a run (``ConversationBusy`` at once if one holds the conversation)."""
-        return await self._stream(
+        if self._settings.stream_channel:
+            return await self._handed(
+                conversation_id, lambda host: host.send.remote(conversation_id, request)
+            )
+        return await self._items(
             conversation_id,
-            lambda host: host.send.options(num_returns="streaming").remote(conversation_id, request),
+            lambda host: host.send_items.options(num_returns="streaming").remote(conversation_id, request),
         )
 
     async def follow(self, conversation_id: str, run_id: str | None, after: int = 0) -> RunStream:
         """Follow a run (the active one when ``run_id`` is None) from event ``after`` on."""
-        return await self._stream(
+        if self._settings.stream_channel:
+            return await self._handed(
+                conversation_id, lambda host: host.follow.remote(conversation_id, run_id, after)
+            )
+        return await self._items(
             conversation_id,
-            lambda host: host.follow.options(num_returns="streaming").remote(conversation_id, run_id, after),
+            lambda host: host.follow_items.options(num_returns="streaming").remote(
+                conversation_id, run_id, after
+            ),
         )
 
     async def cancel(self, conversation_id: str, run_id: str | None = None) -> list[str]:
@@ -251,7 +280,18 @@ class ConversationClient:
                 return None
             raise unwrap(exc) from None
 
-    async def _stream(
+    async def _handed(
+        self, conversation_id: str, start: Callable[[ray.actor.ActorHandle], Awaitable[Handoff[bytes]]]
+    ) -> RunStream:
+        async def first_batch(host: ray.actor.ActorHandle) -> RunStream:
+            handoff = await start(host)
+            if not handoff.head:
+                return RunStream([])
+            return RunStream(decode_batch(handoff.head[0]), handoff=handoff, died=host.ping.remote)
+
+        return await self._call(conversation_id, first_batch)
+
+    async def _items(
         self, conversation_id: str, start: Callable[[ray.actor.ActorHandle], ray.ObjectRefGenerator]
     ) -> RunStream:
         async def first_batch(host: ray.actor.ActorHandle) -> RunStream:
@@ -260,12 +300,28 @@ class ConversationClient:
                 first = await (await generator.__anext__())
             except StopAsyncIteration:
                 return RunStream([])
-            if isinstance(first, Ticket):  # the first batch, and a channel for the rest
-                (head,) = first.head
-                return RunStream(decode_batch(head), generator, dataclasses.replace(first, head=()))
-            return RunStream(decode_batch(first), generator)
+            return RunStream(decode_batch(first), generator=generator)
 
         return await self._call(conversation_id, first_batch)
+
+
+async def _cancelled_if_left(generator: ray.ObjectRefGenerator) -> AsyncGenerator[bytes, None]:
+    """A Ray streaming call's values; closed before their end, the call is cancelled (``_cancel``)."""
+    exhausted = False
+    try:
+        async with aclosing(stream_values(generator)) as values:
+            async for value in values:
+                yield value
+        exhausted = True
+    finally:
+        if not exhausted:
+            _cancel(generator)
+
+
+def _cancel(generator: ray.ObjectRefGenerator) -> None:
+    # Not recursive: Ray counts the provider calls a run makes as children of the call that
+    # started it, and a background run must outlive its first reader.
+    ray.cancel(generator, recursive=False)
 
 
 def _unusable(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ deltas are coalesced here, before they cross to the conversation actor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -34,9 +35,9 @@ from runtime.providers.registry import ProviderRegistry
 from runtime.providers.retry import RetryPolicy
 from runtime.settings import ProviderCredentials, Settings
 
-from .channel import ChannelBroken, Ticket
+from .channel import ChannelBroken
 from .heap import freeze_startup_heap
-from .streams import stream_out, stream_values
+from .streams import Handoff, hand_off, handed, stream_values
 
 MAX_CONCURRENCY = 2000
 # Seconds before each retry of a call whose provider actor died under it (a node lost): the first
@@ -68,16 +69,25 @@ class ProviderActor:
         return await self._registry.send(encoded)
 
     @ray.method(enable_task_events=False)
-    async def stream_batches(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch | Ticket]:
+    async def stream_batches(self, encoded: EncodedRequest) -> Handoff[DeltaBatch]:
+        """The stream's first batch, and a ticket for the rest unless it was the last."""
+        return await hand_off(self._batches(encoded), final=_is_last_batch)
+
+    @ray.method(enable_task_events=False)
+    async def stream_batch_items(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
+        """``stream_batches`` with every batch a Ray item (``PARLEY_STREAM_CHANNEL=0``)."""
+        async with self._batches(encoded) as batches:
+            async for batch in batches:
+                yield batch
+
+    @contextlib.asynccontextmanager
+    async def _batches(self, encoded: EncodedRequest) -> AsyncIterator[AsyncIterator[DeltaBatch]]:
         interval = self._settings.coalesce_ms / 1000
         stream = self._registry.stream_encoded(encoded)
-        batches = coalesce(stream, interval, self._settings.coalesce_tokens, self._streams)
-        async with aclosing(batches):
-            # The first batch rides with the ticket: it is there before the reader has connected.
-            async for item in stream_out(
-                batches, direct=1, channel=self._settings.stream_channel, final=_is_last_batch
-            ):
-                yield item
+        async with aclosing(
+            coalesce(stream, interval, self._settings.coalesce_tokens, self._streams)
+        ) as batches:
+            yield batches
         if not self._heap_settled:  # the SDK has loaded what a stream needs: keep it out of collections
             self._heap_settled = True
             freeze_startup_heap()
@@ -155,19 +165,40 @@ class ProviderPool:
 
     async def stream_batches(self, request: ModelRequest) -> AsyncIterator[DeltaBatch]:
         encoded = encode(request, self._caches)
-        generator = self._actor().stream_batches.options(num_returns="streaming").remote(encoded)
+        try:
+            if self._settings.stream_channel:
+                async with aclosing(self._handed(encoded)) as batches:
+                    async for batch in batches:
+                        yield batch
+            else:
+                async with aclosing(self._items(encoded)) as batches:
+                    async for batch in batches:
+                        yield batch
+        except (RayActorError, ChannelBroken):
+            self._handle = None
+            raise ProviderError("the provider actor went away mid-stream", "connection") from None
+
+    async def _handed(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
+        ref = self._actor().stream_batches.remote(encoded)
+        try:
+            handoff: Handoff[DeltaBatch] = await ref
+        except asyncio.CancelledError:  # our run was cancelled before the first batch
+            ray.cancel(ref)
+            raise
+        async with aclosing(handed(handoff)) as batches:  # leaving early stops the provider call
+            async for batch in batches:
+                yield batch
+
+    async def _items(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
+        generator = self._actor().stream_batch_items.options(num_returns="streaming").remote(encoded)
         exhausted = False
         try:
             async with aclosing(stream_values(generator)) as batches:
                 async for batch in batches:
                     yield batch
             exhausted = True
-        except (RayActorError, ChannelBroken):
-            self._handle = None
-            raise ProviderError("the provider actor went away mid-stream", "connection") from None
         finally:
-            # Our reader left early (run cancelled): stop the provider call too.
-            if not exhausted:
+            if not exhausted:  # our reader left early (run cancelled): stop the provider call too
                 ray.cancel(generator)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:

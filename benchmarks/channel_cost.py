@@ -2,8 +2,9 @@
 
 ``python -m benchmarks.channel_cost`` starts a Ray of its own (and shuts it down), then has one
 actor read ``--streams`` concurrent streams of ``--items`` items from another, paced
-``--gap`` seconds apart as a token stream is, once with every item a Ray item and once with
-``actors.channel`` carrying the items after the first. It prints the CPU each of the two actor
+``--gap`` seconds apart as a token stream is, once as a Ray streaming-generator call (every item a Ray
+item) and once as Parley makes its streaming calls: a plain Ray call handing off the first item
+and a ``actors.channel`` ticket for the rest (``actors.streams``). It prints the CPU each of the two actor
 processes spent per item, measured from their user + system time; the pacing's own sleeps are
 in both sides of both figures.
 """
@@ -20,9 +21,15 @@ from contextlib import aclosing
 import psutil
 import ray
 
-from actors.streams import stream_out, stream_values
+from actors.streams import Handoff, hand_off, handed, stream_values
 
 PAYLOAD = b"x" * 200  # about one encoded batch of a token or two
+
+
+async def _paced(count: int, gap: float) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        await asyncio.sleep(gap)
+        yield PAYLOAD
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
@@ -30,15 +37,13 @@ class Producer:
     def pid(self) -> int:
         return os.getpid()
 
-    async def items(self, count: int, gap: float, channel: bool) -> AsyncIterator[object]:
-        async def paced() -> AsyncIterator[bytes]:
-            for _ in range(count):
-                await asyncio.sleep(gap)
-                yield PAYLOAD
-
-        async with aclosing(paced()) as source:
-            async for item in stream_out(source, direct=1, channel=channel):
+    async def items(self, count: int, gap: float) -> AsyncIterator[bytes]:
+        async with aclosing(_paced(count, gap)) as source:
+            async for item in source:
                 yield item
+
+    async def handed_off(self, count: int, gap: float) -> Handoff[bytes]:
+        return await hand_off(aclosing(_paced(count, gap)))
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
@@ -50,7 +55,9 @@ class Reader:
         self, producer: ray.actor.ActorHandle, streams: int, count: int, gap: float, channel: bool
     ) -> int:
         async def one() -> int:
-            generator = producer.items.options(num_returns="streaming").remote(count, gap, channel)
+            if channel:
+                return sum([1 async for _ in handed(await producer.handed_off.remote(count, gap))])
+            generator = producer.items.options(num_returns="streaming").remote(count, gap)
             return sum([1 async for _ in stream_values(generator)])
 
         return sum(await asyncio.gather(*(one() for _ in range(streams))))

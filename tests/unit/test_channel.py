@@ -1,6 +1,6 @@
 """Stream channels (``actors.channel``) and both ends of a streaming call (``actors.streams``),
-without Ray: a producer's ``stream_out`` and a reader's ``followed`` on one event loop, over a
-real loopback connection."""
+without Ray: a producer's ``hand_off`` and a reader's ``handed`` on one event loop, over a real
+loopback connection."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from ray_fakes import on_a_loop
 
 from actors import channel as channel_module
 from actors import streams as streams_module
-from actors.channel import ChannelBroken, ChannelServer, ChannelUnclaimed, Ticket, read_channel
-from actors.streams import followed, stream_out
+from actors.channel import ChannelBroken, ChannelServer, Ticket, decline, read_channel
+from actors.streams import Handoff, hand_off, handed
 from runtime.providers.base import DeltaBatch, ModelDelta, ProviderError
 
 pytestmark = pytest.mark.timeout(20)
@@ -53,39 +53,26 @@ class Source:
             self.closed = True
 
 
-async def produce(
-    source: Source, direct: int = 1, channel: bool = True, final: Any = None
-) -> AsyncIterator[Any]:
-    """What an actor method does: its source closed when the call ends, however it ends."""
-    async with aclosing(source()) as items:
-        async for item in stream_out(items, direct=direct, channel=channel, final=final):
-            yield item
+async def produce(source: Source, direct: int = 1, final: Any = None) -> Handoff[Any]:
+    """What an actor method does: hand off its stream, the source closed once it is over."""
+    return await hand_off(aclosing(source()), direct=direct, final=final)
 
 
-async def waiting_call(source: Source) -> tuple[AsyncIterator[Any], Ticket, asyncio.Future[Any]]:
-    """A producing call past its ticket, and the call's wait while its channel is read (it ends
-    with the channel, as the actor method's Ray call does)."""
-    call = produce(source)
-    ticket = await anext(call)
-    return call, ticket, asyncio.ensure_future(anext(call, None))
+async def until_closed(source: Source, seconds: float = 2.0) -> None:
+    """Wait until the stream's owner has closed ``source`` (it does so in the background)."""
+    async with asyncio.timeout(seconds):
+        while not source.closed:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 @on_a_loop
 async def test_items_after_the_first_cross_the_channel_in_order():
     batches = [b"first", DeltaBatch([ModelDelta("text", 0, "hel")]), {"n": 2}, b"last"]
-    call = produce(Source(batches))
-    ticket = await anext(call)  # the first item rides with the ticket; the rest waits for a reader
-    assert isinstance(ticket, Ticket) and ticket.head == (b"first",)
-    await call.aclose()
     source = Source(batches)
-    assert [item async for item in followed(produce(source))] == batches
-    assert source.closed
-
-
-@on_a_loop
-async def test_without_a_channel_every_item_is_yielded():
-    source = Source([1, 2, 3])
-    assert [item async for item in produce(source, channel=False)] == [1, 2, 3]
+    handoff = await produce(source)  # the first item comes with the ticket; the rest waits for a reader
+    assert handoff.head == (b"first",) and handoff.rest is not None and source.taken == 1
+    assert [item async for item in handed(handoff)] == batches
+    await until_closed(source)
 
 
 @on_a_loop
@@ -94,14 +81,16 @@ async def test_a_stream_known_to_end_within_its_direct_items_needs_no_channel():
         return item.startswith(b"last")
 
     source = Source([b"one", b"last", b"never"])
-    assert [item async for item in produce(source, direct=2, final=last)] == [b"one", b"last"]
+    assert await produce(source, direct=2, final=last) == Handoff((b"one", b"last"))
     assert source.closed and source.taken == 2
-    # Not known to have ended: the ticket goes out with it at once, and its channel is empty.
-    call = produce(Source([b"only"]))
-    ticket = await anext(call)
-    assert ticket.head == (b"only",)
-    assert [item async for item in read_channel(ticket)] == []
-    assert await anext(call, None) is None
+    empty = Source([])
+    assert await produce(empty) == Handoff(()) and empty.closed
+    # Not known to have ended: a ticket comes with it, and its channel is empty.
+    only = Source([b"only"])
+    handoff = await produce(only)
+    assert handoff.head == (b"only",) and handoff.rest is not None
+    assert [item async for item in read_channel(handoff.rest)] == []
+    await until_closed(only)
 
 
 @on_a_loop
@@ -109,59 +98,87 @@ async def test_the_sources_error_is_raised_as_itself_with_its_data():
     error = ProviderError("rate limited", "rate_limit", status=429, retry_after=3.0)
     read: list[Any] = []
     with pytest.raises(ProviderError) as raised:
-        async for item in followed(produce(Source([1, 2], fail=error))):
+        async for item in handed(await produce(Source([1, 2], fail=error))):
             read.append(item)
     assert read == [1, 2]
     assert (raised.value.kind, raised.value.status, raised.value.retry_after) == ("rate_limit", 429, 3.0)
 
 
 @on_a_loop
+async def test_an_error_before_the_first_items_is_raised_at_the_call_and_closes_the_source():
+    source = Source([], fail=ProviderError("busy", "conflict"))
+    with pytest.raises(ProviderError, match="busy"):
+        await produce(source)
+    assert source.closed
+
+
+@on_a_loop
+async def test_a_call_cancelled_before_its_first_items_closes_the_source_and_offers_nothing():
+    source = Source([1, 2], free=0)  # waits for its gate before the first item
+    call = asyncio.ensure_future(produce(source))
+    await asyncio.sleep(0.05)
+    call.cancel()  # what ray.cancel does to the producing call
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert source.closed and not (await ChannelServer.here())._offers
+
+
+@on_a_loop
 async def test_an_unclaimed_offer_is_withdrawn_and_its_source_closed(monkeypatch):
     monkeypatch.setattr(channel_module, "CLAIM_SECONDS", 0.2)
     source = Source([1, 2, 3])
-    call = produce(source)
-    ticket = await anext(call)
-    assert ticket.head == (1,)
-    with pytest.raises(ChannelUnclaimed):
-        await anext(call)
-    await call.aclose()
-    assert source.taken == 1 and source.closed  # the first only: nobody read the rest
+    handoff = await produce(source)
+    assert handoff.head == (1,) and handoff.rest is not None
+    await until_closed(source)
+    assert source.taken == 1  # the first only: nobody read the rest
     with pytest.raises(ChannelBroken):  # too late: the offer is gone
-        [item async for item in read_channel(ticket)]
+        [item async for item in read_channel(handoff.rest)]
+
+
+@on_a_loop
+async def test_a_declined_ticket_stops_its_stream_at_once():
+    source = Source(list(range(10)), free=1)
+    handoff = await produce(source)
+    assert handoff.rest is not None
+    await decline(handoff.rest)  # not after CLAIM_SECONDS
+    await until_closed(source)
+    assert source.taken == 1
+    await decline(Ticket("127.0.0.1", 1, b"0" * 16))  # a producer out of reach: nothing to stop
 
 
 @on_a_loop
 async def test_a_reader_that_leaves_closes_the_source():
     source = Source(list(range(10)), free=3)
-    call, ticket, producing = await waiting_call(source)
-    assert ticket.head == (0,)
-    async with aclosing(read_channel(ticket)) as items:
-        assert [await anext(items), await anext(items)] == [1, 2]
+    handoff = await produce(source)
+    assert handoff.head == (0,) and handoff.rest is not None
+    async with aclosing(handed(handoff)) as items:
+        assert [await anext(items), await anext(items), await anext(items)] == [0, 1, 2]
     await asyncio.sleep(0.05)
     source.gate.set()  # the next item finds the reader gone
-    assert await asyncio.wait_for(producing, 2) is None
-    await call.aclose()
-    assert source.closed and source.taken < 10
+    await until_closed(source)
+    assert source.taken < 10
 
 
 @on_a_loop
-async def test_a_cancelled_call_breaks_the_channel_and_closes_the_source():
+async def test_a_producer_that_stops_its_stream_breaks_the_channel_and_closes_the_source():
     source = Source(list(range(10)), free=3)
-    call, ticket, producing = await waiting_call(source)
+    serving_before = set(streams_module._serving)
+    handoff = await produce(source)
+    assert handoff.rest is not None
     read: list[Any] = []
 
     async def read_all() -> None:
-        async for item in read_channel(ticket):
+        async for item in read_channel(handoff.rest):
             read.append(item)
 
     reading = asyncio.ensure_future(read_all())
     await asyncio.sleep(0.05)
-    producing.cancel()  # what ray.cancel does to the producing call
+    (serving,) = streams_module._serving - serving_before
+    serving.cancel()  # its process shutting down
     with pytest.raises(ChannelBroken):
         await asyncio.wait_for(reading, 2)
     assert read == [1, 2]
-    await call.aclose()
-    assert source.closed
+    await until_closed(source)
 
 
 @on_a_loop
@@ -199,36 +216,37 @@ async def test_a_unix_socket_that_refuses_falls_back_to_tcp():
     await offer.served()
 
 
+NOWHERE = Handoff((b"first",), Ticket("127.0.0.1", 1, b"0" * 16))  # nothing listens there
+
+
 @on_a_loop
-async def test_a_broken_channel_surfaces_the_error_that_follows_its_ticket():
+async def test_a_broken_channel_is_reported_as_its_producers_death_when_it_died():
     class ActorDied(Exception):
         pass
 
-    async def call() -> AsyncIterator[Any]:
-        yield b"first"
-        yield Ticket("127.0.0.1", 1, b"0" * 16)  # nothing listens there
+    async def died() -> None:
         raise ActorDied()
 
+    async def alive() -> bool:
+        return True
+
     with pytest.raises(ActorDied):
-        [item async for item in followed(call())]
-
-    async def ended() -> AsyncIterator[Any]:
-        yield Ticket("127.0.0.1", 1, b"0" * 16)
-
+        await _all(handed(NOWHERE, died))
     with pytest.raises(ChannelBroken):
-        [item async for item in followed(ended())]
+        await _all(handed(NOWHERE, alive))
+    with pytest.raises(ChannelBroken):
+        await _all(handed(NOWHERE))
 
 
 @on_a_loop
-async def test_an_unreachable_channel_is_reported_without_waiting_for_the_call(monkeypatch):
+async def test_an_unreachable_channel_is_reported_without_waiting_long_for_the_producer(monkeypatch):
     monkeypatch.setattr(streams_module, "BROKEN_CHANNEL_GRACE_SECONDS", 0.2)
 
-    async def waits_for_its_reader() -> AsyncIterator[Any]:
-        yield Ticket("127.0.0.1", 1, b"0" * 16)
-        await asyncio.sleep(60)  # the producer waiting for a reader that cannot reach it
+    async def no_answer() -> None:
+        await asyncio.sleep(60)  # a producer that cannot be reached and has not died either
 
     with pytest.raises(ChannelBroken):
-        await asyncio.wait_for(_all(followed(waits_for_its_reader())), 2)
+        await asyncio.wait_for(_all(handed(NOWHERE, no_answer)), 2)
 
 
 async def _all(items: AsyncIterator[Any]) -> list[Any]:
@@ -250,7 +268,7 @@ class Unrebuildable(Exception):
 @on_a_loop
 async def test_an_error_that_will_not_rebuild_still_ends_the_stream_with_an_error():
     with pytest.raises(RuntimeError, match="could not be read"):
-        await _all(followed(produce(Source([1], fail=Unrebuildable("no", code=3)))))
+        await _all(handed(await produce(Source([1], fail=Unrebuildable("no", code=3)))))
 
 
 # --- many streams on one connection ------------------------------------------------------------------
@@ -290,18 +308,15 @@ async def test_concurrent_streams_from_one_producer_share_one_connection(monkeyp
 async def test_a_reader_leaving_one_stream_does_not_disturb_another_on_its_connection(monkeypatch):
     made = _connections_made(monkeypatch)
     leaving, staying = Source(list(range(10)), free=3), Source(list(range(10)), free=3)
-    leaving_call, staying_call = produce(leaving), produce(staying)
-    leaving_ticket, staying_ticket = await anext(leaving_call), await anext(staying_call)
-    leaving_producing = asyncio.ensure_future(anext(leaving_call, None))
-    staying_producing = asyncio.ensure_future(anext(staying_call, None))
-    async with aclosing(read_channel(staying_ticket)) as kept:
+    left_rest, kept_rest = (await produce(leaving)).rest, (await produce(staying)).rest
+    assert left_rest is not None and kept_rest is not None
+    async with aclosing(read_channel(kept_rest)) as kept:
         assert [await anext(kept), await anext(kept)] == [1, 2]
-        async with aclosing(read_channel(leaving_ticket)) as left:
+        async with aclosing(read_channel(left_rest)) as left:
             assert [await anext(left), await anext(left)] == [1, 2]
         # Its sending stops at once, though its source is still waiting for its next item.
-        assert await asyncio.wait_for(leaving_producing, 2) is None
-        await leaving_call.aclose()
-        assert leaving.closed and leaving.taken == 3
+        await until_closed(leaving)
+        assert leaving.taken == 3
         # A stream left while its frames are on the way: they are dropped, not misdelivered.
         flooding = (await ChannelServer.here()).offer(Source(list(range(2_000)))())
         async with aclosing(read_channel(flooding.ticket)) as flood:
@@ -309,9 +324,7 @@ async def test_a_reader_leaving_one_stream_does_not_disturb_another_on_its_conne
         await flooding.served()
         staying.gate.set()
         assert [item async for item in kept] == list(range(3, 10))
-    assert await asyncio.wait_for(staying_producing, 2) is None
-    await staying_call.aclose()
-    assert staying.closed
+    await until_closed(staying)
     assert len(made) == 1
 
 
@@ -323,10 +336,8 @@ async def test_a_connection_cut_mid_stream_breaks_every_stream_on_it_and_the_nex
     made = _connections_made(monkeypatch)
     server = await ChannelServer.here()
     sources = [Source(list(range(10)), free=2) for _ in range(2)]
-    calls = [produce(source) for source in sources]
-    tickets = [await anext(call) for call in calls]
-    producing = [asyncio.ensure_future(anext(call, None)) for call in calls]
-    readers = [read_channel(ticket) for ticket in tickets]
+    tickets = [(await produce(source)).rest for source in sources]
+    readers = [read_channel(ticket) for ticket in tickets if ticket is not None]
     assert [await anext(reader) for reader in readers] == [1, 1]
     if end == "reader":
         (opening,) = channel_module._Link._links[asyncio.get_running_loop()].values()
@@ -338,10 +349,8 @@ async def test_a_connection_cut_mid_stream_breaks_every_stream_on_it_and_the_nex
         with pytest.raises(ChannelBroken):
             await anext(reader)
     # The producer's end stops every stream it carried, as a reader leaving would.
-    assert await asyncio.wait_for(asyncio.gather(*producing), 2) == [None, None]
-    for call in calls:
-        await call.aclose()
-    assert all(source.closed for source in sources)
+    for source in sources:
+        await until_closed(source)
     offer = server.offer(Source([7, 8])())
     assert await _all(read_channel(offer.ticket)) == [7, 8]
     await offer.served()
@@ -379,14 +388,13 @@ async def test_items_of_any_size_cross_whole_beside_another_stream():
 
 
 @on_a_loop
-async def test_a_reader_that_leaves_before_its_first_frame_ends_the_call_at_once():
+async def test_a_reader_that_leaves_before_its_first_frame_ends_the_stream_at_once():
     source = Source(list(range(10)), free=1)
-    call, ticket, producing = await waiting_call(source)
+    ticket = (await produce(source)).rest
+    assert ticket is not None
     opened = (await ChannelServer.here()).offer(Source([1])())  # the connection, open already
     assert await _all(read_channel(opened.ticket)) == [1]
     reading = asyncio.ensure_future(_all(read_channel(ticket)))
     await asyncio.sleep(0)  # its claim is queued, and its cancel follows it before the producer reads
     reading.cancel()
-    assert await asyncio.wait_for(producing, 2) is None  # not ChannelUnclaimed after CLAIM_SECONDS
-    await call.aclose()
-    assert source.closed
+    await until_closed(source)  # not after CLAIM_SECONDS

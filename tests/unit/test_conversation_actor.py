@@ -17,10 +17,10 @@ from ray_fakes import RemoteMethod, on_a_loop
 
 from actors import conversation_actor as actor_module
 from actors.activation import NotHere
-from actors.channel import Ticket, read_channel
+from actors.channel import read_channel
 from actors.conversation_actor import ConversationActor
 from actors.directory import HostFull
-from actors.streams import followed
+from actors.streams import handed
 from runtime.agent import Agent, LLMConfig
 from runtime.conversation import Conversation
 from runtime.errors import ConversationBusy, NotFound
@@ -91,7 +91,7 @@ async def turn(actor: ConversationActor, conversation_id: str, text: str = "hi")
     request = TurnRequest(messages=[InputMessage(text=text)])
     return [
         e
-        for batch in [b async for b in followed(actor.send(conversation_id, request))]
+        for batch in [b async for b in handed(await actor.send(conversation_id, request))]
         for e in decode_batch(batch)
     ]
 
@@ -186,13 +186,14 @@ async def test_a_quick_turn_crosses_as_one_item_and_a_slow_one_over_a_channel(tm
     actor = ConversationActor(settings, "conversation-host-node-0", 1)
     await actor.bind(a, 1)
     request = TurnRequest(messages=[InputMessage(text="hi")])
-    quick = [item async for item in actor.send(a, request)]
-    assert len(quick) == 1 and isinstance(quick[0], bytes)  # the whole run within the first batch
+    quick = await actor.send(a, request)
+    assert len(quick.head) == 1 and quick.rest is None  # the whole run within the first batch
     GatedProvider.gate = asyncio.Event()
-    call = actor.send(a, request)
-    ticket = await anext(call)  # the run's start (after the first batch's hold) with a channel
-    assert isinstance(ticket, Ticket) and isinstance(ticket.head[0], bytes)
+    slow = await actor.send(a, request)  # the run's start (after the first batch's hold), and a channel
+    assert len(slow.head) == 1 and slow.rest is not None
     GatedProvider.gate.set()
-    rest = [e for batch in [b async for b in read_channel(ticket)] for e in decode_batch(batch)]
+    rest = [e for batch in [b async for b in read_channel(slow.rest)] for e in decode_batch(batch)]
     assert [e.kind for e in rest][-2:] == ["stopped", "done"]
-    assert await anext(call, None) is None
+    async with asyncio.timeout(5):  # the stream's end, not the call's, releases the conversation
+        while actor._live[a].calls:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
