@@ -3,11 +3,11 @@
 A streaming call is a plain Ray call. The actor method takes its stream's first items and
 returns them in a ``Handoff``, with a ``Ticket`` for the rest; those cross over a direct
 connection (``actors.channel``, one per pair of processes), and the call is over. So a busy
-conversation, or any error before the first items, is still raised at the call, and the call
-costs what any Ray call costs: a Ray streaming-generator call cost some 1.6 ms more CPU on each
-side here, for its item reports and its completion, both of which came while other streams were
-being served (measured with one item and a ticket each: ~1.8 / 1.9 ms per call against ~1.1 /
-1.0 ms for a plain call, producer / caller, this 2-core VM).
+conversation, or any error before the first items, is still raised at the call. A Ray
+streaming-generator call instead stayed open until its channel had ended and reported its items
+and its end through Ray: with the same first item and ticket it cost ~0.1-0.2 ms more CPU where it
+was made and ~0.4-0.5 ms more where it was read (``python -m benchmarks.channel_cost --streams
+1000 --items 1``, this 2-core VM), and a streamed turn makes two such calls.
 
 Who owns what once the call has returned: the ``ChannelServer`` holds the offer, and a task of
 this module holds what the stream was opened with (``opened``: the conversation's runner, the
