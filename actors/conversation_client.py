@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
 from typing import TypeVar
 
 import ray
@@ -69,8 +68,10 @@ class RunStream:
             self._rest = handed(dataclasses.replace(handoff, head=()), died)
             self._give_up = lambda: in_background(decline(ticket))
         elif generator is not None:
-            self._rest = _cancelled_if_left(generator)
-            self._give_up = lambda: _cancel(generator)
+            # Not recursive: Ray counts the provider calls a run makes as children of the call
+            # that started it, and a background run must outlive its first reader.
+            self._rest = stream_values(generator, recursive=False)
+            self._give_up = lambda: ray.cancel(generator, recursive=False)
         self._reading: AsyncGenerator[list[RunEvent], None] | None = None
 
     @classmethod
@@ -303,25 +304,6 @@ class ConversationClient:
             return RunStream(decode_batch(first), generator=generator)
 
         return await self._call(conversation_id, first_batch)
-
-
-async def _cancelled_if_left(generator: ray.ObjectRefGenerator) -> AsyncGenerator[bytes, None]:
-    """A Ray streaming call's values; closed before their end, the call is cancelled (``_cancel``)."""
-    exhausted = False
-    try:
-        async with aclosing(stream_values(generator)) as values:
-            async for value in values:
-                yield value
-        exhausted = True
-    finally:
-        if not exhausted:
-            _cancel(generator)
-
-
-def _cancel(generator: ray.ObjectRefGenerator) -> None:
-    # Not recursive: Ray counts the provider calls a run makes as children of the call that
-    # started it, and a background run must outlive its first reader.
-    ray.cancel(generator, recursive=False)
 
 
 def _unusable(exc: BaseException) -> bool:

@@ -171,7 +171,8 @@ class ProviderPool:
                     async for batch in batches:
                         yield batch
             else:
-                async with aclosing(self._items(encoded)) as batches:
+                generator = self._actor().stream_batch_items.options(num_returns="streaming").remote(encoded)
+                async with aclosing(stream_values(generator)) as batches:  # leaving early cancels it
                     async for batch in batches:
                         yield batch
         except (RayActorError, ChannelBroken):
@@ -188,18 +189,6 @@ class ProviderPool:
         async with aclosing(handed(handoff)) as batches:  # leaving early stops the provider call
             async for batch in batches:
                 yield batch
-
-    async def _items(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
-        generator = self._actor().stream_batch_items.options(num_returns="streaming").remote(encoded)
-        exhausted = False
-        try:
-            async with aclosing(stream_values(generator)) as batches:
-                async for batch in batches:
-                    yield batch
-            exhausted = True
-        finally:
-            if not exhausted:  # our reader left early (run cancelled): stop the provider call too
-                ray.cancel(generator)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         async for batch in self.stream_batches(request):

@@ -138,11 +138,20 @@ def in_background(closing: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_serving.discard)
 
 
-async def stream_values(generator: ray.ObjectRefGenerator) -> AsyncIterator[Any]:
+async def stream_values(
+    generator: ray.ObjectRefGenerator, *, recursive: bool = True
+) -> AsyncGenerator[Any, None]:
     """The values of a Ray streaming-generator call (channels off), in order; an item's error is
-    raised as ``await`` would."""
-    async for ref in generator:
-        try:
-            yield ray.get(ref, timeout=0)
-        except GetTimeoutError:
-            yield await ref
+    raised as ``await`` would. Closed before their end, the call is cancelled (``recursive``: with
+    the calls it made)."""
+    exhausted = False
+    try:
+        async for ref in generator:
+            try:
+                yield ray.get(ref, timeout=0)
+            except GetTimeoutError:
+                yield await ref
+        exhausted = True
+    finally:
+        if not exhausted:
+            ray.cancel(generator, recursive=recursive)
