@@ -38,7 +38,7 @@ from . import ids
 from .conversation_routes import ALL, cursor_page, is_compiled_prompt
 from .home import home_agent, invalid, load_conversation, model_handle
 from .items import items_of, parse_input
-from .responses import ResponseEnd, created_response, response_of
+from .responses import ResponseEnd, created_for, response_of
 from .stream import ResponseStream, sse
 
 log = logging.getLogger(__name__)
@@ -240,12 +240,6 @@ async def response_for(services: Services, run: Run) -> dict[str, Any]:
     # Inputs carry no step; everything a step produced is output.
     output = [m for m in await _run_messages(services, run) if m.step_id is not None]
     return response_of(run, output)
-
-
-def created_for(run: Run) -> dict[str, Any]:
-    """The response as it was created, whatever ``run`` has done since (see ``created_response``)."""
-    echo = run.request_config["openai"]
-    return created_response(run, model=echo["model"], conversation_id=echo.get("conversation"), request=echo)
 
 
 def _as_created(stream: RunStream, conversation: Conversation, turn: TurnRequest) -> Run | None:

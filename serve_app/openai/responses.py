@@ -130,6 +130,13 @@ def response_of(run: Run, output: list[Message]) -> dict[str, Any]:
     )
 
 
+def created_for(run: Run) -> dict[str, Any]:
+    """The response an OpenAI-surface ``run`` stood for when it was created, whatever it has done
+    since (see ``created_response``)."""
+    echo = run.request_config["openai"]
+    return created_response(run, model=echo["model"], conversation_id=echo.get("conversation"), request=echo)
+
+
 class ResponseEnd:
     """The finished response, put together from the run's events as one reader sees them, so the
     replica streaming a response need not read the run and its messages back from the store.
