@@ -32,7 +32,8 @@ carries the stream's number, and one task per connection hands each frame to its
 - A stream's number is not reused on its connection (a 32-bit counter), so a frame still in
   flight for a stream its reader left (``CANCEL``) is dropped, never taken for another stream's.
 - A connection that fails (the producer died, a reset) ends every stream open on it with
-  ``ChannelBroken`` and leaves the cache: the next stream opens a new one. On the producer's side,
+  ``ChannelBroken`` and leaves the cache: the next stream opens a new one. Over TCP both ends
+  probe it when idle (``keep_alive``), so a peer lost without a reset fails it too. On the producer's side,
   a connection's end stops every stream it carried, as a reader leaving does.
 - Frames queued in one event-loop iteration, of any streams, go out in one write (a system call
   each, not one per frame). A producer whose connection has more than ``HIGH_WATER_BYTES``
@@ -65,6 +66,7 @@ import asyncio
 import contextlib
 import pickle
 import secrets
+import socket
 import struct
 import sys
 import weakref
@@ -76,6 +78,11 @@ from typing import Any
 import ray
 
 CLAIM_SECONDS = 30.0
+# A TCP connection idle this long is probed, every interval, and given up after this many probes
+# unanswered (``keep_alive``): a peer lost without a reset is noticed within 25 s.
+KEEPALIVE_IDLE_SECONDS = 10
+KEEPALIVE_INTERVAL_SECONDS = 5
+KEEPALIVE_PROBES = 3
 HIGH_WATER_BYTES = 1 << 20  # a reader process this far behind makes its producers wait for it
 # Connections waiting to be accepted: a burst of readers starting at once opens one each.
 BACKLOG = 4096
@@ -358,6 +365,7 @@ class ChannelServer:
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one reader's connection for its lifetime: its claims and cancels, until it ends."""
+        keep_alive(writer)
         served = _Served(self, writer)
         self.connections.add(writer)
         try:
@@ -388,9 +396,30 @@ async def _connected(ticket: Ticket) -> tuple[asyncio.StreamReader, asyncio.Stre
         except OSError:  # another network namespace on the same address: TCP reaches it
             pass
     try:
-        return await asyncio.open_connection(ticket.host, ticket.port)
+        reader, writer = await asyncio.open_connection(ticket.host, ticket.port)
     except OSError as exc:
         raise ChannelBroken(f"cannot reach the stream channel at {ticket.host}:{ticket.port}: {exc}") from exc
+    keep_alive(writer)
+    return reader, writer
+
+
+def keep_alive(writer: asyncio.StreamWriter) -> None:
+    """Probe an idle TCP connection, so that a peer gone without a reset (its machine lost) ends it
+    within ``KEEPALIVE_IDLE_SECONDS + KEEPALIVE_PROBES * KEEPALIVE_INTERVAL_SECONDS`` instead of the
+    kernel's two hours (or, with data unacknowledged, its ~15 minutes of retransmissions): the
+    streams on it then break, as they do when a producer dies. A Unix socket needs none: both ends
+    are on one machine."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if sys.platform == "linux":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        # The same bound while sent data waits for its acknowledgement, when probes are not sent.
+        timeout_ms = 1000 * (KEEPALIVE_IDLE_SECONDS + KEEPALIVE_PROBES * KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
 
 
 _LinkKey = tuple[str, int, str | None]

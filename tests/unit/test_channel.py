@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -398,3 +399,21 @@ async def test_a_reader_that_leaves_before_its_first_frame_ends_the_stream_at_on
     await asyncio.sleep(0)  # its claim is queued, and its cancel follows it before the producer reads
     reading.cancel()
     await until_closed(source)  # not after CLAIM_SECONDS
+
+
+@on_a_loop
+async def test_a_tcp_connection_is_probed_when_idle_at_both_ends():
+    """A peer lost without a reset (a machine gone) ends the connection within ~25 s."""
+    server = await ChannelServer.here()
+    offer = server.offer(Source([1, 2])())
+    over_tcp = dataclasses.replace(offer.ticket, local=None)
+    assert [item async for item in read_channel(over_tcp)] == [1, 2]
+    await offer.served()
+    (link,) = channel_module._Link._links[asyncio.get_running_loop()].values()
+    (served,) = server.connections
+    for writer in (link.result()._writer, served):
+        sock = writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        assert (
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == channel_module.KEEPALIVE_IDLE_SECONDS
+        )
