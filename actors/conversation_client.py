@@ -30,7 +30,7 @@ from .channel import decline
 from .conversation_actor import DRAIN_GRACE_SECONDS, DrainReport, HostReport
 from .directory import Binding, shard_handle, shard_of, unwrap
 from .placement import listed_hosts
-from .streams import Handoff, handed, in_background, stream_values
+from .streams import Handoff, handed, handoff_of, in_background, stream_values
 
 ATTEMPTS = 30
 RETRY_DELAY = 0.05  # grows with each attempt, up to MAX_RETRY_DELAY
@@ -282,10 +282,13 @@ class ConversationClient:
             raise unwrap(exc) from None
 
     async def _handed(
-        self, conversation_id: str, start: Callable[[ray.actor.ActorHandle], Awaitable[Handoff[bytes]]]
+        self, conversation_id: str, start: Callable[[ray.actor.ActorHandle], ray.ObjectRef]
     ) -> RunStream:
         async def first_batch(host: ray.actor.ActorHandle) -> RunStream:
-            handoff = await start(host)
+            # A request cancelled before the first batch (its client left) cancels the call, so a
+            # foreground run stops now, not when an unclaimed offer times out. Not recursive, as
+            # in ``RunStream``: a background run's provider calls count as the call's children.
+            handoff: Handoff[bytes] = await handoff_of(start(host), recursive=False)
             if not handoff.head:
                 return RunStream([])
             return RunStream(decode_batch(handoff.head[0]), handoff=handoff, died=host.ping.remote)

@@ -37,7 +37,7 @@ from runtime.settings import ProviderCredentials, Settings
 
 from .channel import ChannelBroken
 from .heap import freeze_startup_heap
-from .streams import Handoff, hand_off, handed, stream_values
+from .streams import Handoff, hand_off, handed, handoff_of, stream_values
 
 MAX_CONCURRENCY = 2000
 # Seconds before each retry of a call whose provider actor died under it (a node lost): the first
@@ -180,12 +180,8 @@ class ProviderPool:
             raise ProviderError("the provider actor went away mid-stream", "connection") from None
 
     async def _handed(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
-        ref = self._actor().stream_batches.remote(encoded)
-        try:
-            handoff: Handoff[DeltaBatch] = await ref
-        except asyncio.CancelledError:  # our run was cancelled before the first batch
-            ray.cancel(ref)
-            raise
+        # Our run cancelled before the first batch cancels the call (and stops a stream it started).
+        handoff: Handoff[DeltaBatch] = await handoff_of(self._actor().stream_batches.remote(encoded))
         async with aclosing(handed(handoff)) as batches:  # leaving early stops the provider call
             async for batch in batches:
                 yield batch

@@ -14,7 +14,7 @@ this module holds what the stream was opened with (``opened``: the conversation'
 provider's request), until the reader has read it all or left, or nobody claimed it within
 ``channel.CLAIM_SECONDS``; then that context is exited, which closes the source. A reader that
 gives up a ticket unread (a background run's first reader) says so (``channel.decline``), and
-this happens at once.
+this happens at once; so does a caller cancelled just as its call returned (``received``).
 
 With ``PARLEY_STREAM_CHANNEL=0`` the calls are Ray streaming-generator calls instead, every item a
 Ray item (``stream_values`` reads them): for clusters whose nodes cannot reach each other's ports.
@@ -41,7 +41,16 @@ from typing import Any, Generic, TypeVar
 import ray
 from ray.exceptions import GetTimeoutError
 
-from .channel import ChannelBroken, ChannelServer, ChannelUnclaimed, Offer, Ticket, read_channel
+from .channel import (
+    CLAIM_SECONDS,
+    ChannelBroken,
+    ChannelServer,
+    ChannelUnclaimed,
+    Offer,
+    Ticket,
+    decline,
+    read_channel,
+)
 
 # Ray warns once per process about any ray.get inside an async actor; these gets never wait
 # (timeout 0), so the warning would only mislead. Set before any get, for Parley's own processes.
@@ -105,6 +114,36 @@ async def _serve(offer: Offer, owned: contextlib.AsyncExitStack) -> None:
             await offer.served()
         except ChannelUnclaimed:
             log.warning("a stream's reader never claimed it; its source is closed")
+
+
+async def handoff_of(call: ray.ObjectRef, *, recursive: bool = True) -> Handoff[Any]:
+    """The ``Handoff`` a streaming call returns (``call``: its ref); see ``received``. Cancelled
+    meanwhile, the call is cancelled (``recursive``: with the calls it made)."""
+    return await received(call, lambda: ray.cancel(call, recursive=recursive))
+
+
+async def received(call: Awaitable[Handoff[T]], cancel: Callable[[], object]) -> Handoff[T]:
+    """Await ``call``'s ``Handoff``; cancelled meanwhile, ``cancel`` the call, and decline its
+    ticket if it returned all the same.
+
+    Why the decline: the call may have returned just before the cancel (or before ``cancel``
+    reached its actor), and then its producer waits ``CLAIM_SECONDS`` for a reader that will not
+    come, its source open all that while: a foreground run whose client left would hold its
+    conversation busy. Awaiting a call a second time is allowed (a Ray ref, a task)."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        cancel()
+        in_background(_decline_if_returned(call))
+        raise
+
+
+async def _decline_if_returned(call: Awaitable[Handoff[Any]]) -> None:
+    with contextlib.suppress(Exception, asyncio.CancelledError):  # cancelled or failed: nothing offered
+        async with asyncio.timeout(CLAIM_SECONDS):  # the offer is withdrawn by then anyway
+            handoff = await call
+        if handoff.rest is not None:
+            await decline(handoff.rest)
 
 
 async def handed(

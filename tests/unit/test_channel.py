@@ -17,7 +17,7 @@ from ray_fakes import on_a_loop
 from actors import channel as channel_module
 from actors import streams as streams_module
 from actors.channel import ChannelBroken, ChannelServer, Ticket, decline, read_channel
-from actors.streams import Handoff, hand_off, handed
+from actors.streams import Handoff, hand_off, handed, received
 from runtime.providers.base import DeltaBatch, ModelDelta, ProviderError
 
 pytestmark = pytest.mark.timeout(20)
@@ -145,6 +145,35 @@ async def test_a_declined_ticket_stops_its_stream_at_once():
     await until_closed(source)
     assert source.taken == 1
     await decline(Ticket("127.0.0.1", 1, b"0" * 16))  # a producer out of reach: nothing to stop
+
+
+@on_a_loop
+async def test_a_caller_cancelled_as_its_call_returns_declines_the_ticket():
+    source = Source(list(range(10)), free=1)
+    call = asyncio.ensure_future(produce(source))
+    cancels: list[bool] = []
+    caller = asyncio.ensure_future(received(call, lambda: cancels.append(call.cancel())))
+    handoff = await call  # returned: the caller's wake-up is due, not yet run
+    assert handoff.rest is not None
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert cancels == [False]  # too late to cancel the call itself
+    await until_closed(source)  # declined at once, not after CLAIM_SECONDS
+    assert source.taken == 1
+
+
+@on_a_loop
+async def test_a_caller_cancelled_before_its_call_returns_cancels_the_call():
+    source = Source([1, 2], free=0)  # waits for its gate before the first item
+    call = asyncio.ensure_future(produce(source))
+    caller = asyncio.ensure_future(received(call, call.cancel))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await until_closed(source)
+    assert call.cancelled() and not (await ChannelServer.here())._offers
 
 
 @on_a_loop
