@@ -77,6 +77,8 @@ from typing import Any
 
 import ray
 
+from runtime import hop_trace
+
 CLAIM_SECONDS = 30.0
 # A TCP connection idle this long is probed, every interval, and given up after this many probes
 # unanswered (``keep_alive``): a peer lost without a reset is noticed within 25 s.
@@ -237,6 +239,8 @@ class Offer:
         try:
             async for item in self._source:
                 frames.send(ITEM, number, pickle.dumps(item, protocol=5))
+                if hop_trace.TRACING:
+                    hop_trace.mark("sent", self)
                 if frames.behind():
                     await frames.drain()
         except Exception as exc:  # the source's own error: the reader raises it
@@ -435,6 +439,8 @@ class _Inbox:
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, kind: int, payload: bytes) -> None:
+        if hop_trace.TRACING and kind == ITEM:
+            hop_trace.mark("received", self)
         self.frames.append((kind, payload))
         waiter = self._waiter
         if waiter is not None and not waiter.done():

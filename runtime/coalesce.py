@@ -30,6 +30,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Iterator
 
+from . import hop_trace
 from .providers.base import DeltaBatch, ModelDelta, ModelResponse
 
 _END = object()
@@ -116,6 +117,8 @@ async def coalesce(
                 if end is not None:
                     continue  # nothing after the response counts (the source ends there anyway)
                 if isinstance(item, ModelDelta):
+                    if hop_trace.TRACING:
+                        hop_trace.mark("token", source)
                     pending.append(item)
                     # With the timer armed, only max_deltas can make the batch due sooner.
                     if not due and (timer is None or len(pending) >= max_deltas):
