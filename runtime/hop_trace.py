@@ -57,10 +57,16 @@ if TRACING:
 
 
 def _title() -> str:
-    """The process's title (Ray names its workers ``ray::<actor class>``)."""
     try:
         with open("/proc/self/cmdline", "rb") as cmdline:
-            first = cmdline.read().split(b"\0")[0].decode(errors="replace")
+            return process_title(cmdline.read().split(b"\0")[0].decode(errors="replace"))
     except OSError:
-        first = ""
-    return (first or sys.argv[0]).replace("\t", " ")
+        return process_title(sys.argv[0])
+
+
+def process_title(raw: str) -> str:
+    """A process's title as the trace gives it: Ray names a worker ``ray::<actor class>``, with
+    ``.<method>`` added while a call runs, which is left out here."""
+    if raw.startswith("ray::"):
+        raw = raw.split(".", 1)[0]
+    return raw.replace("\t", " ") or "?"

@@ -43,6 +43,15 @@ def test_marks_are_written_per_process_with_their_stream_and_time(tracing, tmp_p
     assert all(title for title, *_ in rows) and all(float(at) > 1e9 for *_, at in rows)
 
 
+def test_a_ray_workers_title_is_given_without_the_method_it_runs():
+    assert hop_trace.process_title("ray::ProviderActor.stream_batches") == "ray::ProviderActor"
+    assert (
+        hop_trace.process_title("ray::ServeReplica:parley:ParleyIngress")
+        == "ray::ServeReplica:parley:ParleyIngress"
+    )
+    assert hop_trace.process_title("/usr/bin/python3.11") == "/usr/bin/python3.11"
+
+
 def test_gaps_are_per_stream_in_path_order_and_split_between_streams(tmp_path):
     def lines(title: str, point: str, stream: str, times: list[float]) -> str:
         return "".join(f"{title}\t{point}\t{stream}\t{at}\n" for at in times)
