@@ -21,11 +21,10 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .measure import percentile
+from runtime.hop_trace import POINTS
 
-# Process title prefix -> its place on an item's way, then the points in the order they pass.
-HOPS = (("ray::ProviderActor", 0), ("ray::ConversationActor", 1), ("ray::ServeReplica", 2))
-POINT_ORDER = {"token": 0, "received": 1, "sent": 2}
+from .measure import percentile
+from .streaming import HOPS
 
 
 @dataclass
@@ -64,11 +63,16 @@ def point_gaps(times: dict[tuple[str, str, str], list[float]], split_s: float) -
         at.sort()
         gaps[(process, point)] += [(b - a) * 1e3 for a, b in itertools.pairwise(at) if b - a <= split_s]
     found = [PointGaps(process, point, g) for (process, point), g in gaps.items() if g]
-    return sorted(found, key=lambda p: (_hop(p.process), POINT_ORDER.get(p.point, 9), p.process))
+    return sorted(found, key=lambda p: (_place(p.process), _order(p.point), p.process))
 
 
-def _hop(process: str) -> int:
-    return next((order for prefix, order in HOPS if process.startswith(prefix)), len(HOPS))
+def _place(process: str) -> int:
+    """Where the process is on an item's way (``streaming.HOPS`` lists the hops in that order)."""
+    return next((i for i, (prefix, _) in enumerate(HOPS) if process.startswith(prefix)), len(HOPS))
+
+
+def _order(point: str) -> int:
+    return POINTS.index(point) if point in POINTS else len(POINTS)
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import os
 import sys
 import time
 
-# Where an item is seen: a provider's delta as coalescing reads it, an item written to a stream
-# channel, an item read off one.
-POINTS = ("token", "sent", "received")
+# Where an item is seen, in the order it passes them within a process: a provider's delta as
+# coalescing reads it, an item read off a stream channel, an item written to one.
+POINTS = ("token", "received", "sent")
 TRACING_DIR = os.environ.get("PARLEY_HOP_TRACE_DIR") or None
 TRACING = TRACING_DIR is not None
 FLUSH_SECONDS = 1.0
