@@ -139,10 +139,18 @@ async def received(call: Awaitable[Handoff[T]], cancel: Callable[[], object]) ->
 
 
 async def _decline_if_returned(call: Awaitable[Handoff[Any]]) -> None:
-    with contextlib.suppress(Exception, asyncio.CancelledError):  # cancelled or failed: nothing offered
+    try:
         async with asyncio.timeout(CLAIM_SECONDS):  # the offer is withdrawn by then anyway
             handoff = await call
-        if handoff.rest is not None:
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # this task was cancelled, not the call
+            raise
+        return
+    except Exception:  # the call was cancelled, failed or took too long: nothing was offered
+        return
+    if handoff.rest is not None:
+        with contextlib.suppress(Exception):
             await decline(handoff.rest)
 
 
