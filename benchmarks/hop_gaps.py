@@ -9,14 +9,19 @@ Run a benchmark with the trace on, then read it::
 For each process and point (in the order an item passes them: a provider's token read, the
 provider actor's channel write, the conversation actor's channel read and write, the replica's
 channel read) it prints the number of gaps, their p50 / p90 / p99 and the share over ``--long``
-ms. A stream's items further apart than ``--split`` seconds are taken for two streams (a stream's
-key may come again for a later one). The client's own gaps are the benchmark's.
+ms, overall and in each window of ``streaming.gaps_by_window``: *start* (until the last stream of
+a burst passed the point for the first time), *end* (from the first stream's last item) and
+*steady* between them. A burst is a run of streams whose lifetimes overlap: the streams of one
+benchmark phase, which all start at once. A stream's items further apart than ``--split`` seconds
+are taken for two streams (a stream's key may come again for a later one). The client's own gaps
+are the benchmark's.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from runtime.hop_trace import POINTS
 
 from .measure import percentile
-from .streaming import HOPS
+from .streaming import HOPS, WINDOWS, StreamResult, gaps_by_window
 
 
 @dataclass
@@ -32,14 +37,21 @@ class PointGaps:
     process: str  # title and pid
     point: str
     gaps_ms: list[float]
+    windows_ms: dict[str, list[float]]  # the same gaps by window (``streaming.WINDOWS``)
 
     def line(self, long_ms: float) -> str:
         g = self.gaps_ms
-        over = sum(x > long_ms for x in g)
+        by_window = " / ".join(_share_over(self.windows_ms[w], long_ms) for w in WINDOWS)
         return (
             f"| {self.process} | {self.point} | {len(g)} | {percentile(g, 50):.1f} / {percentile(g, 90):.1f} / "
-            f"{percentile(g, 99):.1f} | {100 * over / len(g):.2f} % |"
+            f"{percentile(g, 99):.1f} | {_share_over(g, long_ms)} % | {by_window} % |"
         )
+
+
+def _share_over(gaps_ms: list[float], long_ms: float) -> str:
+    if not gaps_ms:
+        return "-"
+    return f"{100 * sum(x > long_ms for x in gaps_ms) / len(gaps_ms):.2f}"
 
 
 def read_trace(directory: str) -> dict[tuple[str, str, str], list[float]]:
@@ -58,12 +70,45 @@ def read_trace(directory: str) -> dict[tuple[str, str, str], list[float]]:
 
 def point_gaps(times: dict[tuple[str, str, str], list[float]], split_s: float) -> list[PointGaps]:
     """The gaps (ms) at each process and point, in the order an item passes them."""
-    gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
+    streams: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
     for (process, point, _), at in times.items():
-        at.sort()
-        gaps[(process, point)] += [(b - a) * 1e3 for a, b in itertools.pairwise(at) if b - a <= split_s]
-    found = [PointGaps(process, point, g) for (process, point), g in gaps.items() if g]
+        streams[(process, point)] += _split(sorted(at), split_s)
+    found = []
+    for (process, point), passed in streams.items():
+        gaps = [(b - a) * 1e3 for at in passed for a, b in itertools.pairwise(at)]
+        if not gaps:
+            continue
+        windows: dict[str, list[float]] = {w: [] for w in WINDOWS}
+        for burst in _bursts(passed):
+            results = [
+                StreamResult(gaps=[b - a for a, b in itertools.pairwise(at)], arrivals=at) for at in burst
+            ]
+            for window, found_s in gaps_by_window(results).items():
+                windows[window] += [g * 1e3 for g in found_s]
+        found.append(PointGaps(process, point, gaps, windows))
     return sorted(found, key=lambda p: (_place(p.process), _order(p.point), p.process))
+
+
+def _split(at: list[float], split_s: float) -> list[list[float]]:
+    """One key's sorted times as streams: a pause longer than ``split_s`` starts another."""
+    passed = [[at[0]]]
+    for a, b in itertools.pairwise(at):
+        if b - a > split_s:
+            passed.append([])
+        passed[-1].append(b)
+    return passed
+
+
+def _bursts(passed: list[list[float]]) -> list[list[list[float]]]:
+    """Streams grouped into runs whose lifetimes overlap (each stream is a sorted list of times)."""
+    bursts: list[list[list[float]]] = []
+    ends = -math.inf
+    for at in sorted(passed, key=lambda at: at[0]):
+        if at[0] > ends:
+            bursts.append([])
+        bursts[-1].append(at)
+        ends = max(ends, at[-1])
+    return bursts
 
 
 def _place(process: str) -> int:
@@ -81,8 +126,9 @@ def main() -> None:
     parser.add_argument("--long", type=float, default=50.0, help="a long gap, in ms (50: the issue's bound)")
     parser.add_argument("--split", type=float, default=0.5, help="seconds apart that end a stream (0.5)")
     a = parser.parse_args()
-    print(f"| process | point | gaps | p50 / p90 / p99 ms | over {a.long:g} ms |")
-    print("|---|---|---|---|---|")
+    over = f"over {a.long:g} ms"
+    print(f"| process | point | gaps | p50 / p90 / p99 ms | {over} | {over}: start / steady / end |")
+    print("|---|---|---|---|---|---|")
     for found in point_gaps(read_trace(a.directory), a.split):
         print(found.line(a.long))
 

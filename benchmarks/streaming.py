@@ -33,6 +33,8 @@ HOPS = (
 HOP_NAMES = [name for _, name in HOPS] + ["other"]
 # The issue's bound on the gap between text deltas: gaps longer than this are counted by window.
 LONG_GAP_S = 0.05
+# When a gap ended, relative to a phase's streams (``gaps_by_window``).
+WINDOWS = ("start", "steady", "end")
 
 
 def hop_of(proc: psutil.Process) -> str:
@@ -144,7 +146,7 @@ def gaps_by_window(results: list[StreamResult]) -> dict[str, list[float]]:
     start and end windows are where turn starts and ends queue for the CPU with the live streams;
     ``steady`` is what a stream meets between such bursts (empty when the windows overlap)."""
     done = [r for r in results if r.arrivals]
-    windows: dict[str, list[float]] = {"start": [], "steady": [], "end": []}
+    windows: dict[str, list[float]] = {w: [] for w in WINDOWS}
     if not done:
         return windows
     all_started = max(r.arrivals[0] for r in done)
@@ -194,7 +196,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "first_text_ms": {q: med(lambda r, q=q: r["first_text_ms"][q]) for q in ("p50", "p99")},
         "gap_ms": {q: med(lambda r, q=q: r["gap_ms"][q]) for q in ("p50", "p99", "max")},
         "steady_gap_ms": {q: med(lambda r, q=q: r["steady_gap_ms"][q]) for q in ("p50", "p99")},
-        "long_gaps": {w: med(lambda r, w=w: r["long_gaps"][w]) for w in ("start", "steady", "end")},
+        "long_gaps": {w: med(lambda r, w=w: r["long_gaps"][w]) for w in WINDOWS},
         "deltas_per_reply": med(lambda r: r["deltas_per_reply"]),
         "cpu_ms_per_turn": med(lambda r: r["cpu_ms_per_turn"]),
         "other_s": med(lambda r: r.get("other_s")),

@@ -52,7 +52,7 @@ def test_a_ray_workers_title_is_given_without_the_method_it_runs():
     assert hop_trace.process_title("/usr/bin/python3.11") == "/usr/bin/python3.11"
 
 
-def test_gaps_are_per_stream_in_path_order_and_split_between_streams(tmp_path):
+def test_gaps_are_per_stream_in_path_order_split_between_streams_and_by_window(tmp_path):
     def lines(title: str, point: str, stream: str, times: list[float]) -> str:
         return "".join(f"{title}\t{point}\t{stream}\t{at}\n" for at in times)
 
@@ -73,4 +73,10 @@ def test_gaps_are_per_stream_in_path_order_and_split_between_streams(tmp_path):
     ]
     assert found[1].gaps_ms == pytest.approx([40, 40])
     assert sorted(found[2].gaps_ms) == pytest.approx([40, 40, 60])
-    assert found[2].line(50).endswith("| 33.33 % |")
+    # Streams 7 and 8 overlap: one burst, started at 100.02 (8's first), ending from 100.06 (8's last).
+    assert found[2].windows_ms["start"] == []
+    assert found[2].windows_ms["steady"] == pytest.approx([40])
+    assert sorted(found[2].windows_ms["end"]) == pytest.approx([40, 60])
+    assert found[2].line(50).endswith("| 33.33 % | - / 0.00 / 50.00 % |")
+    # Stream 5's two lives do not overlap: two bursts of one stream each.
+    assert found[1].windows_ms["end"] == pytest.approx([40, 40])
