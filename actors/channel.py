@@ -57,7 +57,10 @@ same Ray cluster, which already trusts pickles from each other; a stream must st
 with a ticket's random token, and each ticket is served at most once.
 
 An offer nobody claims within ``CLAIM_SECONDS`` is withdrawn and its source closed; a reader that
-will not read a ticket gives it back with ``decline``, which stops it at once.
+will not read a ticket gives it back with ``decline``, which stops it at once. A connection that
+has claimed nothing ``CLAIM_SECONDS`` after it was made is closed: a reader connects to claim, and
+sends its first claim at once, so such a connection is not a reader's (and would otherwise hold a
+socket and a task of the producer for good).
 """
 
 from __future__ import annotations
@@ -276,12 +279,15 @@ class _Served:
 
     def __init__(self, server: ChannelServer, writer: asyncio.StreamWriter) -> None:
         self._server = server
+        self._writer = writer
         self._frames = _Frames(writer)
         self._sending: dict[int, asyncio.Task[None]] = {}
         self._open = True
+        self._claimed = False  # a claim came, granted or not: this is a reader's connection
 
     def take(self, kind: int, number: int, payload: bytes) -> None:
         if kind == CLAIM:
+            self._claimed = True
             offer = self._server.claim(payload) if number not in self._sending else None
             if offer is None:
                 self._frames.send(BROKEN, number, _REFUSED)
@@ -298,6 +304,11 @@ class _Served:
             del self._sending[number]
             if task.cancelled() and self._open:  # not by its reader, which has forgotten it
                 self._frames.send(BROKEN, number, _CUT)
+
+    def close_unclaimed(self) -> None:
+        """``CLAIM_SECONDS`` after the connection was made: close it if it has claimed nothing."""
+        if not self._claimed:
+            self._writer.close()
 
     def close(self) -> None:
         """The connection ended: every stream on it ends, as if its reader had left."""
@@ -372,11 +383,13 @@ class ChannelServer:
         keep_alive(writer)
         served = _Served(self, writer)
         self.connections.add(writer)
+        unclaimed = asyncio.get_running_loop().call_later(CLAIM_SECONDS, served.close_unclaimed)
         try:
             await _read_frames(reader, served.take, _MAX_READER_FRAME)
         except (asyncio.IncompleteReadError, OSError, ValueError):  # a reset, or not a reader
             pass
         finally:
+            unclaimed.cancel()
             self.connections.discard(writer)
             served.close()
             writer.close()

@@ -431,6 +431,31 @@ async def test_a_reader_that_leaves_before_its_first_frame_ends_the_stream_at_on
 
 
 @on_a_loop
+async def test_a_connection_that_claims_nothing_is_closed_and_a_readers_stays(monkeypatch):
+    monkeypatch.setattr(channel_module, "CLAIM_SECONDS", 0.2)
+    server = await ChannelServer.here()
+    first = server.offer(Source([1, 2])())
+    over_tcp = dataclasses.replace(first.ticket, local=None)
+    assert [item async for item in read_channel(over_tcp)] == [1, 2]
+    await first.served()
+    stray_reader, stray_writer = await asyncio.open_connection(over_tcp.host, over_tcp.port)
+    try:
+        async with asyncio.timeout(2):
+            assert await stray_reader.read() == b""  # closed by the producer's end
+    finally:
+        stray_writer.close()
+    # The reader's connection, older than CLAIM_SECONDS, is still there and carries the next stream.
+    (link,) = channel_module._Link._links[asyncio.get_running_loop()].values()
+    reader_connection = link.result()
+    second = server.offer(Source([3])())
+    assert [item async for item in read_channel(dataclasses.replace(second.ticket, local=None))] == [3]
+    await second.served()
+    (again,) = channel_module._Link._links[asyncio.get_running_loop()].values()
+    assert again.result() is reader_connection
+    assert len(server.connections) == 1
+
+
+@on_a_loop
 async def test_a_tcp_connection_is_probed_when_idle_at_both_ends():
     """A peer lost without a reset (a machine gone) ends the connection within ~25 s."""
     server = await ChannelServer.here()
