@@ -174,10 +174,11 @@ class AgentLoop:
             if batch.deltas and run.ttft_ns is None:
                 run.ttft_ns = time.monotonic_ns() - started
             for delta in batch.deltas:
-                # Built unvalidated: every field comes typed from the provider's delta, and a
-                # stream makes one of these per batch.
+                # Validated, not ``model_construct``ed: pydantic's Rust validation of these few
+                # typed fields costs ~2.6 us, its Python ``model_construct`` ~9 (it resolves every
+                # default), and a stream makes one of these per batch.
                 log.append(
-                    Delta.model_construct(
+                    Delta(
                         run_id=run.id,
                         message_id=message_id,
                         part=delta.part,
