@@ -28,6 +28,7 @@ from runtime.providers.base import (
     ModelRequest,
     ModelResponse,
     ProviderError,
+    WireBatch,
 )
 from runtime.providers.encoding import encode
 from runtime.providers.recording.transport import Recorder
@@ -69,25 +70,27 @@ class ProviderActor:
         return await self._registry.send(encoded)
 
     @ray.method(enable_task_events=False)
-    async def stream_batches(self, encoded: EncodedRequest) -> Handoff[DeltaBatch]:
-        """The stream's first batch, and a ticket for the rest unless it was the last."""
+    async def stream_batches(self, encoded: EncodedRequest) -> Handoff[WireBatch]:
+        """The stream's first batch, and a ticket for the rest unless it was the last; every
+        batch in its wire form (``DeltaBatch.to_wire``)."""
         return await hand_off(self._batches(encoded), final=_is_last_batch)
 
     @ray.method(enable_task_events=False)
-    async def stream_batch_items(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
+    async def stream_batch_items(self, encoded: EncodedRequest) -> AsyncIterator[WireBatch]:
         """``stream_batches`` with every batch a Ray item (``PARLEY_STREAM_CHANNEL=0``)."""
         async with self._batches(encoded) as batches:
             async for batch in batches:
                 yield batch
 
     @contextlib.asynccontextmanager
-    async def _batches(self, encoded: EncodedRequest) -> AsyncIterator[AsyncIterator[DeltaBatch]]:
+    async def _batches(self, encoded: EncodedRequest) -> AsyncIterator[AsyncIterator[WireBatch]]:
         interval = self._settings.coalesce_ms / 1000
         stream = self._registry.stream_encoded(encoded)
-        async with aclosing(
-            coalesce(stream, interval, self._settings.coalesce_tokens, self._streams)
-        ) as batches:
-            yield batches
+        async with (
+            aclosing(coalesce(stream, interval, self._settings.coalesce_tokens, self._streams)) as batches,
+            aclosing(_to_wire(batches)) as wire,
+        ):
+            yield wire
         if not self._heap_settled:  # the SDK has loaded what a stream needs: keep it out of collections
             self._heap_settled = True
             freeze_startup_heap()
@@ -96,8 +99,13 @@ class ProviderActor:
         return True
 
 
-def _is_last_batch(batch: DeltaBatch) -> bool:
-    return batch.response is not None
+async def _to_wire(batches: AsyncIterator[DeltaBatch]) -> AsyncIterator[WireBatch]:
+    async for batch in batches:
+        yield batch.to_wire()
+
+
+def _is_last_batch(batch: WireBatch) -> bool:
+    return batch[1] is not None
 
 
 RemoteProviderActor = ray.remote(num_cpus=0, max_concurrency=MAX_CONCURRENCY, max_restarts=-1)(ProviderActor)
@@ -174,17 +182,17 @@ class ProviderPool:
                 generator = self._actor().stream_batch_items.options(num_returns="streaming").remote(encoded)
                 async with aclosing(stream_values(generator)) as batches:  # leaving early cancels it
                     async for batch in batches:
-                        yield batch
+                        yield DeltaBatch.from_wire(batch)
         except (RayActorError, ChannelBroken):
             self._handle = None
             raise ProviderError("the provider actor went away mid-stream", "connection") from None
 
     async def _handed(self, encoded: EncodedRequest) -> AsyncIterator[DeltaBatch]:
         # Our run cancelled before the first batch cancels the call (and stops a stream it started).
-        handoff: Handoff[DeltaBatch] = await handoff_of(self._actor().stream_batches.remote(encoded))
+        handoff: Handoff[WireBatch] = await handoff_of(self._actor().stream_batches.remote(encoded))
         async with aclosing(handed(handoff)) as batches:  # leaving early stops the provider call
             async for batch in batches:
-                yield batch
+                yield DeltaBatch.from_wire(batch)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelDelta | ModelResponse]:
         async for batch in self.stream_batches(request):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import pickle
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
@@ -367,3 +368,13 @@ def test_closing_the_batches_closes_the_source() -> None:
         await asyncio.wait_for(closed.wait(), 1.0)
 
     run(main())
+
+
+def test_a_batch_crosses_processes_as_tuples_and_comes_back_the_same() -> None:
+    batch = DeltaBatch(
+        [text("a"), ModelDelta("tool_call", 1, '{"x"', tool_call_id="call-1", tool_name="f")], response()
+    )
+    wire = pickle.loads(pickle.dumps(batch.to_wire(), protocol=5))
+    assert DeltaBatch.from_wire(wire) == batch
+    assert b"ModelDelta" not in pickle.dumps(batch.to_wire(), protocol=5)  # no class looked up per delta
+    assert DeltaBatch.from_wire(DeltaBatch([text("b")]).to_wire()) == DeltaBatch([text("b")])
