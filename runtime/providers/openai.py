@@ -23,9 +23,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
+import aiohttp
 import anyio
 import httpx2
 import openai
+from openai._vendor.httpx_aiohttp.transport import AiohttpResponseStream
 from openai.types.chat import ChatCompletion
 
 from ..message import TextPart, ToolCallPart
@@ -150,9 +152,10 @@ class OpenAIProvider:
         yield assembly.response()
 
 
-# What the SDK's stream turns into its connection and timeout errors, mid-stream as before it.
-_TIMEOUTS = (httpx2.TimeoutException,)
-_TRANSPORT_ERRORS = (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream)
+# What the SDK's stream turns into its connection and timeout errors, mid-stream as before it;
+# aiohttp's own, for a body read straight off it (``_Body``), as its transport would map them.
+_TIMEOUTS = (httpx2.TimeoutException, aiohttp.ServerTimeoutError)
+_TRANSPORT_ERRORS = (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream, aiohttp.ClientError)
 _json = json.JSONDecoder().decode  # ``json.loads`` without its per-call argument checks
 # How long the rest of a body after ``[DONE]`` is read for, so the connection can be reused (the
 # SDK's wait).
@@ -188,25 +191,65 @@ class _ChunkStream(openai.AsyncStream[object]):
     async def __stream__(self) -> AsyncIterator[object]:
         response = self.response
         events = _SSEData()
+        body = _Body(response)
         try:
-            async with aclosing(response.aiter_bytes()) as chunks:
-                try:
-                    async for chunk in chunks:
-                        for data in events.feed(chunk):
-                            if data.startswith(b"[DONE]"):
-                                if response.http_version == "HTTP/1.1":
-                                    await _drain(chunks)
-                                return
-                            value = _json(data.decode())  # strict UTF-8, as the SDK's lines
-                            if isinstance(value, dict) and value.get("error"):  # JSON's only mapping
-                                raise _stream_error(value["error"], response.request)
-                            yield value
-                except _TIMEOUTS as err:
-                    raise openai.APITimeoutError(request=response.request) from err
-                except _TRANSPORT_ERRORS as err:
-                    raise openai.APIConnectionError(request=response.request) from err
+            try:
+                while chunk := await body.read():
+                    for data in events.feed(chunk):
+                        if data.startswith(b"[DONE]"):
+                            if response.http_version == "HTTP/1.1":
+                                await _drain(body)
+                            return
+                        value = _json(data.decode())  # strict UTF-8, as the SDK's lines
+                        if isinstance(value, dict) and value.get("error"):  # JSON's only mapping
+                            raise _stream_error(value["error"], response.request)
+                        yield value
+            except _TIMEOUTS as err:
+                raise openai.APITimeoutError(request=response.request) from err
+            except _TRANSPORT_ERRORS as err:
+                raise openai.APIConnectionError(request=response.request) from err
         finally:
+            await body.aclose()
             await response.aclose()
+
+
+class _Body:
+    """A streamed response's body, chunk by chunk: ``read`` returns the next bytes, b"" at the end.
+
+    Under the SDK's aiohttp transport, a body that is not content-encoded is read straight off
+    aiohttp's response (``readany``): through httpx, each chunk went through four more async
+    iterators (``Response.aiter_bytes``, ``aiter_raw``, the client's bound stream, the transport's
+    stream), at one chunk per token. Its errors are aiohttp's own then (``_TIMEOUTS``,
+    ``_TRANSPORT_ERRORS``). Any other body (a content encoding, which httpx decodes and aiohttp is
+    told not to; another transport, as the recorder's) is read through httpx, as before."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        content = _aiohttp_content(response)
+        self.direct = content is not None
+        self._chunks: AsyncIterator[bytes] | None = None
+        if content is not None:
+            self.read = content.readany
+        else:
+            self._chunks = response.aiter_bytes()
+            self.read = self._next_chunk
+
+    async def _next_chunk(self) -> bytes:
+        assert self._chunks is not None
+        return await anext(self._chunks, b"")
+
+    async def aclose(self) -> None:
+        if self._chunks is not None:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _aiohttp_content(response: httpx2.Response) -> aiohttp.StreamReader | None:
+    """The aiohttp body under ``response``, when it may be read directly (see ``_Body``)."""
+    if response.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+        return None
+    stream = getattr(response.stream, "_stream", None)  # httpx's client binds the transport's stream
+    if not isinstance(stream, AiohttpResponseStream):
+        return None
+    return stream._aiohttp_response.content
 
 
 class _SSEData:
@@ -257,11 +300,11 @@ class _SSEData:
         return out
 
 
-async def _drain(chunks: AsyncIterator[bytes]) -> None:
+async def _drain(body: _Body) -> None:
     """Read what is left of a body, briefly; nothing here fails the stream it ends."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in chunks:
+            while await body.read():
                 pass
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -207,3 +208,80 @@ def test_a_stream_ends_at_done() -> None:
     assert items[0] == ModelDelta("text", 0, "Hi")
     assert isinstance(items[1], ModelResponse) and items[1].parts == [TextPart(text="Hi")]
     assert len(items) == 2
+
+
+def test_a_plain_body_is_read_straight_off_aiohttp(
+    fake: FakeLLMProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def through_httpx(self: httpx2.Response, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the body was read through httpx")
+
+    monkeypatch.setattr(httpx2.Response, "aiter_bytes", through_httpx)
+    *deltas, final = stream(fake, "echo one two three four", [])
+    assert isinstance(final, ModelResponse) and final.parts == [TextPart(text="one two three four")]
+    assert len(deltas) > 1
+
+
+def raw_stream(head: bytes, body: list[bytes]) -> list[ModelDelta | ModelResponse | ProviderError]:
+    """The adapter's stream, over the SDK's aiohttp transport, from a server that answers every
+    request with ``head`` (status line and headers) and then writes ``body``'s pieces and closes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request_head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in request_head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        writer.write(head + b"\r\n")
+        for piece in body:
+            writer.write(piece)
+            await writer.drain()
+        writer.transport.abort()  # no orderly end: whatever the body said it would be
+
+    async def main() -> list[ModelDelta | ModelResponse | ProviderError]:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        provider = OpenAIProvider(
+            api_key="fake", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=10
+        )
+        encoded = EncodedRequest("openai", None, {"model": "gpt-4o-mini", "messages": []})
+        items: list[ModelDelta | ModelResponse | ProviderError] = []
+        try:
+            async for item in provider.stream_encoded(encoded):
+                items.append(item)
+        except ProviderError as exc:
+            items.append(exc)
+        finally:
+            await provider.aclose()
+            server.close()
+        return items
+
+    return asyncio.run(main())
+
+
+def chunked(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+
+
+def test_a_body_cut_mid_stream_read_off_aiohttp_fails_as_a_lost_connection() -> None:
+    items = raw_stream(SSE_HEAD, [chunked(chunk({"content": "Hel"}))])
+    assert items[0] == ModelDelta("text", 0, "Hel")
+    assert isinstance(items[1], ProviderError) and items[1].kind == "connection" and len(items) == 2
+
+
+def test_a_content_encoded_body_is_decoded_through_httpx() -> None:
+    body = gzip.compress(chunk({"content": "Hi"}) + b"data: [DONE]\n\n")
+    head = SSE_HEAD.replace(
+        b"transfer-encoding: chunked", b"content-encoding: gzip\r\ncontent-length: %d" % len(body)
+    )
+    items = raw_stream(head, [body])
+    assert items[0] == ModelDelta("text", 0, "Hi")
+    assert isinstance(items[1], ModelResponse) and items[1].parts == [TextPart(text="Hi")]
