@@ -225,7 +225,6 @@ class _Body:
 
     def __init__(self, response: httpx2.Response) -> None:
         content = _aiohttp_content(response)
-        self.direct = content is not None
         self._chunks: AsyncIterator[bytes] | None = None
         if content is not None:
             self.read = content.readany
