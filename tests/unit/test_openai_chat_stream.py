@@ -173,18 +173,24 @@ def stream_from(body: list[bytes]) -> list[ModelDelta | ModelResponse | Provider
             max_retries=0,
             http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
         )
-        encoded = EncodedRequest("openai", None, {"model": "gpt-4o-mini", "messages": []})
-        items: list[ModelDelta | ModelResponse | ProviderError] = []
-        try:
-            async for item in provider.stream_encoded(encoded):
-                items.append(item)
-        except ProviderError as exc:
-            items.append(exc)
-        finally:
-            await provider.aclose()
-        return items
+        return await read_out(provider)
 
     return asyncio.run(main())
+
+
+async def read_out(provider: OpenAIProvider) -> list[ModelDelta | ModelResponse | ProviderError]:
+    """``provider``'s stream of a chat completion, an error it ends with as the last item; then
+    the provider is closed."""
+    encoded = EncodedRequest("openai", None, {"model": "gpt-4o-mini", "messages": []})
+    items: list[ModelDelta | ModelResponse | ProviderError] = []
+    try:
+        async for item in provider.stream_encoded(encoded):
+            items.append(item)
+    except ProviderError as exc:
+        items.append(exc)
+    finally:
+        await provider.aclose()
+    return items
 
 
 def chunk(delta: dict[str, Any]) -> bytes:
@@ -249,17 +255,10 @@ def raw_stream(head: bytes, body: list[bytes]) -> list[ModelDelta | ModelRespons
         provider = OpenAIProvider(
             api_key="fake", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=10
         )
-        encoded = EncodedRequest("openai", None, {"model": "gpt-4o-mini", "messages": []})
-        items: list[ModelDelta | ModelResponse | ProviderError] = []
         try:
-            async for item in provider.stream_encoded(encoded):
-                items.append(item)
-        except ProviderError as exc:
-            items.append(exc)
+            return await read_out(provider)
         finally:
-            await provider.aclose()
             server.close()
-        return items
 
     return asyncio.run(main())
 
