@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -226,6 +226,7 @@ class _Body:
     def __init__(self, response: httpx2.Response) -> None:
         content = _aiohttp_content(response)
         self._chunks: AsyncIterator[bytes] | None = None
+        self.read: Callable[[], Awaitable[bytes]]
         if content is not None:
             self.read = content.readany
         else:
