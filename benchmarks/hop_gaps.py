@@ -75,15 +75,15 @@ def point_gaps(times: dict[tuple[str, str, str], list[float]], split_s: float) -
         streams[(process, point)] += _split(sorted(at), split_s)
     found = []
     for (process, point), passed in streams.items():
-        gaps = [(b - a) * 1e3 for at in passed for a, b in itertools.pairwise(at)]
+        results = [
+            StreamResult(gaps=[b - a for a, b in itertools.pairwise(at)], arrivals=at) for at in passed
+        ]
+        gaps = [g * 1e3 for r in results for g in r.gaps]
         if not gaps:
             continue
         windows: dict[str, list[float]] = {w: [] for w in WINDOWS}
-        for burst in _bursts(passed):
-            results = [
-                StreamResult(gaps=[b - a for a, b in itertools.pairwise(at)], arrivals=at) for at in burst
-            ]
-            for window, found_s in gaps_by_window(results).items():
+        for burst in _bursts(results):
+            for window, found_s in gaps_by_window(burst).items():
                 windows[window] += [g * 1e3 for g in found_s]
         found.append(PointGaps(process, point, gaps, windows))
     return sorted(found, key=lambda p: (_place(p.process), _order(p.point), p.process))
@@ -99,15 +99,15 @@ def _split(at: list[float], split_s: float) -> list[list[float]]:
     return passed
 
 
-def _bursts(passed: list[list[float]]) -> list[list[list[float]]]:
-    """Streams grouped into runs whose lifetimes overlap (each stream is a sorted list of times)."""
-    bursts: list[list[list[float]]] = []
+def _bursts(streams: list[StreamResult]) -> list[list[StreamResult]]:
+    """Streams grouped into runs whose lifetimes (first to last arrival) overlap."""
+    bursts: list[list[StreamResult]] = []
     ends = -math.inf
-    for at in sorted(passed, key=lambda at: at[0]):
-        if at[0] > ends:
+    for stream in sorted(streams, key=lambda r: r.arrivals[0]):
+        if stream.arrivals[0] > ends:
             bursts.append([])
-        bursts[-1].append(at)
-        ends = max(ends, at[-1])
+        bursts[-1].append(stream)
+        ends = max(ends, stream.arrivals[-1])
     return bursts
 
 
