@@ -4,7 +4,7 @@ A full collection walks every tracked object. A Ray worker that has imported Ray
 provider SDKs and Parley holds some 150,000 of them, and walking them took 77 ms here
 (``gc.collect(2)`` in a conversation actor's process); during a 100-stream benchmark each actor
 and the replica ran two to four, of 65-180 ms each. Each is a stall of every token stream the
-process serves, which expect their next batch within some 40 ms.
+process serves, which expect their next batch within some 30 ms.
 
 - ``freeze_startup_heap`` moves every object alive at that point (modules, classes, start-up
   state, which live as long as the process anyway) into the permanent generation, which

@@ -125,15 +125,17 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(default=33_554_432, gt=0)
     # Token deltas are coalesced before they cross to the conversation (runtime.coalesce): a stream
     # sends at most one batch per coalesce_ms, and a token waits at most that long; a provider
-    # slower than that is forwarded token by token. 40 ms keeps the gaps a reader sees under 50 ms
-    # while a fast provider's tokens still cross 8 or more to an item.
-    coalesce_ms: float = 40.0
+    # slower than that is forwarded token by token. A reader's gaps are this plus what the hops add
+    # when the CPU is busy; 30 ms leaves 20 of the 50 ms a smooth stream allows for that (at 40 ms
+    # and 100 streams, their starts and ends put up to 1.5 % of gaps past 50 ms), while a fast provider's
+    # tokens still cross 6 or more to an item.
+    coalesce_ms: float = 30.0
     # A batch goes out at once when this many deltas are pending (a burst is not held back).
     coalesce_tokens: int = 16
     # Batches per second one provider actor sends over all its streams before each stream's gap
     # grows beyond coalesce_ms (open streams / this): under heavy load, fewer and larger items
-    # instead of a backlog. 0: no budget. 2500 leaves 100 streams at the 40 ms gap.
-    coalesce_batches_per_s: float = 2500.0
+    # instead of a backlog. 0: no budget. 4000 leaves up to 120 streams at the 30 ms gap.
+    coalesce_batches_per_s: float = 4000.0
     # Token streams cross between Parley's processes (provider actor to conversation actor to
     # ingress) after their first items over a direct connection (actors.channel: one per pair of
     # processes, shared by their streams; a Unix socket on the same node, TCP across nodes), at a
