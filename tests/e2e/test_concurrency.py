@@ -124,6 +124,28 @@ def test_client_disconnect_releases_the_conversation(client, conversation):
     assert assistant_text(chunks) == "after disconnect"
 
 
+def test_cancel_stops_a_token_stream_mid_reply(client, conversation):
+    """Cancelled while its tokens are flowing (past the first batch, so over the stream channel),
+    a streamed reply stops within a second, with stop reason cancelled, and the conversation is
+    free at once. The reply would take 10 s."""
+    stream = client.conversations.messages.create(
+        conversation.id, input="[[token_delay=0.05]] count to 200", stream_tokens=True
+    )
+    chunks: list = []
+    cancelled_at: float | None = None
+    for chunk in stream:
+        chunks.append(chunk)
+        if cancelled_at is None and len(of_type(chunks, "assistant_message")) >= 5:
+            cancelled_at = time.monotonic()
+            assert dict(client.conversations.cancel(conversation.id)) == {chunk.run_id: "cancelled"}
+    assert cancelled_at is not None
+    stopped_after = time.monotonic() - cancelled_at
+    assert stopped_after < 1.0, f"the stream ended {stopped_after:.2f} s after the cancel was asked"
+    assert of_type(chunks, "stop_reason")[0].stop_reason == "cancelled"
+    assert len(assistant_text(chunks).split()) < 100
+    assert assistant_text(send(client, conversation.id, "say free")) == "free"
+
+
 def test_cancel_active_run(client, conversation, server):
     first = Background(client, conversation.id, "[[latency=30]] say never")
     assert first.started.wait(20)

@@ -747,6 +747,28 @@ def test_background_response_can_be_polled_and_cancelled(oai):
         oai.responses.cancel(done.id)  # a finished response cannot be cancelled
 
 
+def test_cancel_stops_a_streamed_background_response_mid_reply(oai):
+    """A background response cancelled while its text deltas are flowing stops within a second:
+    its stream ends with the cancelled snapshot (the SDK has no cancelled event, so it comes as
+    ``response.failed``), long before the 10 s reply would have ended."""
+    events: list = []
+    cancelled_at: float | None = None
+    for event in oai.responses.create(
+        model=MODEL, input="[[token_delay=0.05]] count to 200", background=True, stream=True
+    ):
+        events.append(event)
+        deltas = [e for e in events if e.type == "response.output_text.delta"]
+        if cancelled_at is None and len(deltas) >= 5:
+            cancelled_at = time.monotonic()
+            assert oai.responses.cancel(events[0].response.id).status == "cancelled"
+    assert cancelled_at is not None
+    stopped_after = time.monotonic() - cancelled_at
+    assert stopped_after < 1.0, f"the stream ended {stopped_after:.2f} s after the cancel was asked"
+    assert (events[-1].type, events[-1].response.status) == ("response.failed", "cancelled")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert len(text.split()) < 100
+
+
 def test_a_background_response_streams_again_from_any_point(oai):
     live = list(
         oai.responses.create(
