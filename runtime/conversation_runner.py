@@ -49,6 +49,8 @@ from .turn import InputMessage, TurnRequest
 log = logging.getLogger(__name__)
 
 RECENT_LOGS = 8  # finished run logs kept for late readers
+# Seconds before each retry of writing a run's end that the store failed (a store briefly away).
+END_WRITE_PAUSES = (0.1, 0.5, 2.0)
 
 
 @dataclass
@@ -297,6 +299,12 @@ class ConversationRunner:
             active.finishing = asyncio.ensure_future(self._finish(active, stopped))
 
     async def _finish(self, active: ActiveRun, stopped: Stopped) -> None:
+        """Record the run's end, free the conversation, then tell the readers.
+
+        Invariant: once begun, this runs to its end. A cancel of the run's task that arrives
+        meanwhile (a cancel, or a foreground reader leaving, just as the run ends) neither stops
+        the write of the end nor skips what follows, which would leave the conversation busy and
+        its readers waiting; the task ends cancelled afterwards."""
         if active.finished:
             return
         active.finished = True
@@ -306,10 +314,13 @@ class ConversationRunner:
         stopped.completed_at = utcnow()
         stopped.record_on(run)
         run.total_duration_ns = time.monotonic_ns() - active.started_ns
-        try:
-            await self.store.update_run(run)
-        except Exception:
-            log.exception("could not record the end of run %s", run.id)
+        writing = asyncio.ensure_future(self._record_end(run))
+        interrupted = False
+        while not writing.done():
+            try:
+                await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                interrupted = True
         # Free the conversation first, then tell the readers: their next send must succeed.
         if self.active is active:
             self.active = None
@@ -317,6 +328,25 @@ class ConversationRunner:
         self._remember(active.log)
         active.log.append(stopped)
         active.log.append(Done(run_id=run.id))
+        if interrupted:
+            raise asyncio.CancelledError
+
+    async def _record_end(self, run: Run) -> None:
+        """Write the run's end to its row, trying a failing store again after each of
+        ``END_WRITE_PAUSES``. If it still fails, the row says running until the conversation's
+        next activation closes the run as interrupted (``close_interrupted_runs``)."""
+        for pause in (*END_WRITE_PAUSES, None):
+            try:
+                await self.store.update_run(run)
+                return
+            except Exception:
+                if pause is None:
+                    log.exception("could not record the end of run %s", run.id)
+                    return
+                log.warning(
+                    "could not record the end of run %s; again in %.1f s", run.id, pause, exc_info=True
+                )
+                await asyncio.sleep(pause)
 
     def _write_through(self, run_log: RunLog) -> None:
         """Append a background run's log to the store as it grows, so any replica can replay it,

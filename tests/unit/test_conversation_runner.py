@@ -959,3 +959,88 @@ def test_a_retried_key_is_replayed_from_the_store_by_a_later_actor(store: Sqlite
         assert only(again, Stopped).usage == only(first, Stopped).usage
 
     run(main())
+
+
+# --- recording a run's end ------------------------------------------------------------------------
+class EndGatedStore(SqliteStore):
+    """Holds each write of a run's end (``update_run`` of a run no longer running) until ``gate``
+    is set, and fails the first ``failures`` of them."""
+
+    def __init__(self, path: str, failures: int = 0) -> None:
+        super().__init__(path)
+        self.gate = asyncio.Event()
+        self.ending = asyncio.Event()
+        self.failures = failures
+        self.end_writes = 0
+
+    async def update_run(self, run: Run) -> None:
+        if run.status is not RunStatus.running:
+            self.end_writes += 1
+            self.ending.set()
+            await self.gate.wait()
+            if self.end_writes <= self.failures:
+                raise OSError("the store is away")
+        await super().update_run(run)
+
+
+@pytest.mark.parametrize("how", ["cancel", "reader leaves"])
+def test_a_cancel_while_the_end_is_recorded_still_ends_the_run(tmp_path: Path, how: str) -> None:
+    """The run's task is cancelled while it writes the run's end (a cancel, or the reader of a
+    foreground run leaving, just then): the end is still recorded, the readers still get it, and
+    the conversation is free for the next send."""
+
+    store = EndGatedStore(str(tmp_path / "parley.db"))
+
+    async def main() -> None:
+        runner, _ = await make_runner(store, ScriptedProvider(Step(reply("done"))))
+        stream = runner.send(request())
+        run_id = await started(stream)
+        reading = asyncio.ensure_future(collect(stream))
+        await asyncio.wait_for(store.ending.wait(), 1)
+        if how == "cancel":
+            assert await runner.cancel() == [run_id]
+        else:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            await stream.aclose()
+        await asyncio.sleep(0.01)
+        store.gate.set()
+        if how == "cancel":
+            rest = await asyncio.wait_for(reading, 1)
+            assert only(rest, Stopped).stop_reason is StopReason.end_turn
+        for _ in range(100):
+            if runner.active is None:
+                break
+            await asyncio.sleep(0.01)
+        assert runner.active is None, "the conversation stayed busy"
+        row = await store.get_run(run_id)
+        assert row is not None and row.status is RunStatus.completed
+        events = await asyncio.wait_for(collect(runner.send(request("again"))), 1)
+        assert only(events, Stopped).stop_reason is StopReason.end_turn
+
+    try:
+        run(main())
+    finally:
+        store.close()
+
+
+def test_a_failing_write_of_the_end_is_retried(tmp_path: Path) -> None:
+    """A store that fails the run's end twice, then takes it: the row records the end."""
+
+    store = EndGatedStore(str(tmp_path / "parley.db"), failures=2)
+
+    async def main() -> None:
+        store.gate.set()
+        runner, _ = await make_runner(store, ScriptedProvider(Step(reply("done"))))
+        events = await collect(runner.send(request()))
+        stopped = only(events, Stopped)
+        assert stopped.stop_reason is StopReason.end_turn
+        assert store.end_writes == 3
+        row = await store.get_run(stopped.run_id)
+        assert row is not None and row.status is RunStatus.completed
+        assert runner.active is None
+
+    try:
+        run(main())
+    finally:
+        store.close()
