@@ -127,8 +127,8 @@ class Settings(BaseModel):
     # sends at most one batch per coalesce_ms, and a token waits at most that long; a provider
     # slower than that is forwarded token by token. A reader's gaps are this plus what the hops add
     # when the CPU is busy; 30 ms leaves 20 of the 50 ms a smooth stream allows for that (at 40 ms
-    # and 100 streams, their starts and ends put up to 1.5 % of gaps past 50 ms), while a fast provider's
-    # tokens still cross 6 or more to an item.
+    # and 100 streams, their starts and ends put up to 1.5 % of gaps past 50 ms), while a fast
+    # provider's tokens still cross 6 or more to an item.
     coalesce_ms: float = 30.0
     # A batch goes out at once when this many deltas are pending (a burst is not held back).
     coalesce_tokens: int = 16
