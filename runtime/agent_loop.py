@@ -26,7 +26,7 @@ from .turn import TurnRequest
 
 class AgentLoop:
     def __init__(
-        self, provider: Provider, coalesce_interval: float = 0.04, coalesce_deltas: int = 16
+        self, provider: Provider, coalesce_interval: float = 0.03, coalesce_deltas: int = 16
     ) -> None:
         self.provider = provider
         # Checked once: isinstance against a runtime-checkable Protocol walks its members (~0.2 ms).

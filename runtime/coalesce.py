@@ -62,7 +62,7 @@ class StreamGauge:
 
 async def coalesce(
     source: AsyncIterator[ModelDelta | ModelResponse],
-    interval: float = 0.04,
+    interval: float = 0.03,
     max_deltas: int = 16,
     gauge: StreamGauge | None = None,
 ) -> AsyncIterator[DeltaBatch]:
