@@ -18,8 +18,9 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .agent import Agent
 from .agent_loop import AgentLoop
@@ -62,6 +63,8 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     started_ns: int = field(default_factory=time.monotonic_ns)
     cancel_requested: bool = False
+    # Its row is written (or being written): from then on, however the send ends, so must the row.
+    row_written: bool = False
     finished: bool = False
     finishing: asyncio.Future[None] | None = None  # held so the clean-up task is not collected
 
@@ -73,7 +76,7 @@ class ConversationRunner:
         provider: Provider,
         conversation_id: str,
         keepalive_seconds: float = 20.0,
-        coalesce_interval: float = 0.04,
+        coalesce_interval: float = 0.03,
         coalesce_deltas: int = 16,
         first_batch_hold: float = 0.1,
         compatible_providers: dict[str, str] | None = None,
@@ -89,7 +92,8 @@ class ConversationRunner:
         self.state: ConversationState | None = None
         self.active: ActiveRun | None = None
         self.readers = 0
-        self._writers: set[asyncio.Task[None]] = set()  # background runs' logs going to the store
+        # Writes still going to the store: background runs' logs, ends of runs cut short.
+        self._writers: set[asyncio.Task[None]] = set()
         self.last_activity = time.monotonic()
         self._recent: OrderedDict[str, RunLog] = OrderedDict()
 
@@ -136,8 +140,10 @@ class ConversationRunner:
         try:
             try:
                 agent, blocks, toolbox = await self._prepare(active, request)
-            except BaseException:
+            except BaseException as exc:
                 self.active = None
+                if active.row_written:
+                    self._end_unprepared(active, exc)
                 raise
             active.log.append(RunStarted(run_id=run.id, created_at=run.created_at))
             if active.background:
@@ -223,6 +229,7 @@ class ConversationRunner:
         )
         inputs = stored_inputs(request.messages, agent.id, self.conversation_id, active.run.id, state.history)
         active.run.agent_id = agent.id
+        active.row_written = True  # before the write: a cancel during it still ends the row
         await self.store.create_run(active.run)
         if request.instructions is None:
             await state.refresh_system_message(agent, blocks)
@@ -280,12 +287,7 @@ class ConversationRunner:
             stopped = Stopped(run_id=run.id, stop_reason=StopReason.cancelled, usage=active.usage)
         except Exception as exc:  # a bug or a store failure: end the run, keep the conversation usable
             log.exception("run %s failed", run.id)
-            stopped = Stopped(
-                run_id=run.id,
-                stop_reason=StopReason.error,
-                usage=active.usage,
-                error=RunError(error_type=INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}"),
-            )
+            stopped = _broken(active, exc)
         if active.cancel_requested and stopped.stop_reason is StopReason.error:
             # The cancel reached a provider call or tool first, which failed of it (a cancelled
             # Ray task raises its own error): the run was cancelled, not broken.
@@ -348,6 +350,24 @@ class ConversationRunner:
                 )
                 await asyncio.sleep(pause)
 
+    def _end_unprepared(self, active: ActiveRun, exc: BaseException) -> None:
+        """End the row of a run whose send was cut short before its turn began (after the row
+        was written, while the input was being stored): cancelled if its reader left, failed if
+        the store or a bug failed it. In the background: the send that raises cannot wait."""
+        if isinstance(exc, asyncio.CancelledError):
+            stopped = Stopped(run_id=active.run.id, stop_reason=StopReason.cancelled, usage=active.usage)
+        else:
+            log.error("run %s failed before its turn began", active.run.id, exc_info=exc)
+            stopped = _broken(active, exc)
+        stopped.completed_at = utcnow()
+        stopped.record_on(active.run)
+        self._in_background(self._record_end(active.run))
+
+    def _in_background(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(write)
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
+
     def _write_through(self, run_log: RunLog) -> None:
         """Append a background run's log to the store as it grows, so any replica can replay it,
         also after this actor is gone. One write at a time: what accumulates meanwhile goes in the
@@ -360,9 +380,7 @@ class ConversationRunner:
             except Exception:
                 log.exception("could not keep the event log of run %s", run_log.run_id)
 
-        task = asyncio.create_task(write())
-        self._writers.add(task)
-        task.add_done_callback(self._writers.discard)
+        self._in_background(write())
 
     # --- reading ----------------------------------------------------------------------------------
     async def follow(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[RunEvent]]:
@@ -410,6 +428,16 @@ class ConversationRunner:
         if active.task is not None:
             active.task.cancel()
         return [active.run.id]
+
+
+def _broken(active: ActiveRun, exc: BaseException) -> Stopped:
+    """The end of a run that a bug or a store failure (``exc``) broke."""
+    return Stopped(
+        run_id=active.run.id,
+        stop_reason=StopReason.error,
+        usage=active.usage,
+        error=RunError(error_type=INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}"),
+    )
 
 
 # --- runs cut short by a crash --------------------------------------------------------------------

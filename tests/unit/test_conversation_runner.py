@@ -1044,3 +1044,55 @@ def test_a_failing_write_of_the_end_is_retried(tmp_path: Path) -> None:
         run(main())
     finally:
         store.close()
+
+
+class InputGatedStore(SqliteStore):
+    """Holds the write of a turn's input (``append_messages`` with a user message) until ``gate``
+    is set, and fails it when ``fail`` is set."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+        self.fail = False
+
+    async def append_messages(self, messages, conversation_fields=None) -> None:  # type: ignore[override]
+        if any(m.role == "user" for m in messages):
+            self.writing.set()
+            await self.gate.wait()
+            if self.fail:
+                raise OSError("the store is away")
+        await super().append_messages(messages, conversation_fields)
+
+
+@pytest.mark.parametrize("how", ["reader leaves", "store fails"])
+def test_a_send_cut_short_while_storing_its_input_ends_its_run(tmp_path: Path, how: str) -> None:
+    """The run's row is written before its input. A send cut short in between (its reader leaves,
+    or the store fails the input) ends that row, as cancelled or failed, instead of leaving it
+    running, and the conversation is free."""
+    store = InputGatedStore(str(tmp_path / "parley.db"))
+
+    async def main() -> None:
+        runner, world = await make_runner(store, ScriptedProvider())
+        reading = asyncio.ensure_future(collect(runner.send(request())))
+        await asyncio.wait_for(store.writing.wait(), 1)
+        if how == "reader leaves":
+            reading.cancel()
+        else:
+            store.fail = True
+        store.gate.set()
+        await asyncio.gather(reading, return_exceptions=True)
+        assert runner.active is None
+        [row] = await store.list_runs(Page(), conversation_id=world.conversation.id)
+        if how == "reader leaves":
+            assert (row.status, row.stop_reason) == (RunStatus.cancelled, StopReason.cancelled)
+        else:
+            assert (row.status, row.stop_reason) == (RunStatus.failed, StopReason.error)
+        store.fail = False
+        events = await asyncio.wait_for(collect(runner.send(request("again"))), 1)
+        assert only(events, Stopped).stop_reason is StopReason.end_turn
+
+    try:
+        run(main())
+    finally:
+        store.close()
