@@ -962,6 +962,20 @@ def test_a_retried_key_is_replayed_from_the_store_by_a_later_actor(store: Sqlite
 
 
 # --- recording a run's end ------------------------------------------------------------------------
+def run_then_close(store: SqliteStore, coro: Coroutine[Any, Any, None]) -> None:
+    """``run`` for a test that makes its own store."""
+    try:
+        run(coro)
+    finally:
+        store.close()
+
+
+async def sends_again(runner: ConversationRunner) -> None:
+    """The conversation is free: a next send runs to its end."""
+    events = await asyncio.wait_for(collect(runner.send(request("again"))), 1)
+    assert only(events, Stopped).stop_reason is StopReason.end_turn
+
+
 class EndGatedStore(SqliteStore):
     """Holds each write of a run's end (``update_run`` of a run no longer running) until ``gate``
     is set, and fails the first ``failures`` of them."""
@@ -1015,13 +1029,9 @@ def test_a_cancel_while_the_end_is_recorded_still_ends_the_run(tmp_path: Path, h
         assert runner.active is None, "the conversation stayed busy"
         row = await store.get_run(run_id)
         assert row is not None and row.status is RunStatus.completed
-        events = await asyncio.wait_for(collect(runner.send(request("again"))), 1)
-        assert only(events, Stopped).stop_reason is StopReason.end_turn
+        await sends_again(runner)
 
-    try:
-        run(main())
-    finally:
-        store.close()
+    run_then_close(store, main())
 
 
 def test_a_failing_write_of_the_end_is_retried(tmp_path: Path) -> None:
@@ -1040,10 +1050,7 @@ def test_a_failing_write_of_the_end_is_retried(tmp_path: Path) -> None:
         assert row is not None and row.status is RunStatus.completed
         assert runner.active is None
 
-    try:
-        run(main())
-    finally:
-        store.close()
+    run_then_close(store, main())
 
 
 class InputGatedStore(SqliteStore):
@@ -1089,10 +1096,6 @@ def test_a_send_cut_short_while_storing_its_input_ends_its_run(tmp_path: Path, h
         else:
             assert (row.status, row.stop_reason) == (RunStatus.failed, StopReason.error)
         store.fail = False
-        events = await asyncio.wait_for(collect(runner.send(request("again"))), 1)
-        assert only(events, Stopped).stop_reason is StopReason.end_turn
+        await sends_again(runner)
 
-    try:
-        run(main())
-    finally:
-        store.close()
+    run_then_close(store, main())
