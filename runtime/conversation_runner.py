@@ -63,8 +63,6 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     started_ns: int = field(default_factory=time.monotonic_ns)
     cancel_requested: bool = False
-    # Its row is written (or being written): from then on, however the send ends, so must the row.
-    row_written: bool = False
     finished: bool = False
     finishing: asyncio.Future[None] | None = None  # held so the clean-up task is not collected
 
@@ -140,10 +138,8 @@ class ConversationRunner:
         try:
             try:
                 agent, blocks, toolbox = await self._prepare(active, request)
-            except BaseException as exc:
+            except BaseException:
                 self.active = None
-                if active.row_written:
-                    self._end_unprepared(active, exc)
                 raise
             active.log.append(RunStarted(run_id=run.id, created_at=run.created_at))
             if active.background:
@@ -229,12 +225,16 @@ class ConversationRunner:
         )
         inputs = stored_inputs(request.messages, agent.id, self.conversation_id, active.run.id, state.history)
         active.run.agent_id = agent.id
-        active.row_written = True  # before the write: a cancel during it still ends the row
-        await self.store.create_run(active.run)
-        if request.instructions is None:
-            await state.refresh_system_message(agent, blocks)
-        # The input is stored before the model is called: an accepted message is never lost.
-        await state.append(inputs)
+        # From the row's write on (a cancel during it included), however this ends, so does the row.
+        try:
+            await self.store.create_run(active.run)
+            if request.instructions is None:
+                await state.refresh_system_message(agent, blocks)
+            # The input is stored before the model is called: an accepted message is never lost.
+            await state.append(inputs)
+        except BaseException as exc:
+            self._end_unprepared(active, exc)
+            raise
         return agent, blocks, toolbox
 
     def _with_request_overrides(self, agent: Agent, request: TurnRequest) -> Agent:
