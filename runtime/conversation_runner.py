@@ -284,20 +284,20 @@ class ConversationRunner:
                 run, self.state, agent, blocks, request, active.log, active.usage, toolbox
             )
         except asyncio.CancelledError:
-            stopped = Stopped(run_id=run.id, stop_reason=StopReason.cancelled, usage=active.usage)
+            stopped = _cancelled(active)
         except Exception as exc:  # a bug or a store failure: end the run, keep the conversation usable
             log.exception("run %s failed", run.id)
             stopped = _broken(active, exc)
         if active.cancel_requested and stopped.stop_reason is StopReason.error:
             # The cancel reached a provider call or tool first, which failed of it (a cancelled
             # Ray task raises its own error): the run was cancelled, not broken.
-            stopped = Stopped(run_id=run.id, stop_reason=StopReason.cancelled, usage=active.usage)
+            stopped = _cancelled(active)
         await self._finish(active, stopped)
 
     def _on_task_done(self, active: ActiveRun, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never ran _drive at all: finish the run here.
         if not active.finished:
-            stopped = Stopped(run_id=active.run.id, stop_reason=StopReason.cancelled, usage=active.usage)
+            stopped = _cancelled(active)
             active.finishing = asyncio.ensure_future(self._finish(active, stopped))
 
     async def _finish(self, active: ActiveRun, stopped: Stopped) -> None:
@@ -355,7 +355,7 @@ class ConversationRunner:
         was written, while the input was being stored): cancelled if its reader left, failed if
         the store or a bug failed it. In the background: the send that raises cannot wait."""
         if isinstance(exc, asyncio.CancelledError):
-            stopped = Stopped(run_id=active.run.id, stop_reason=StopReason.cancelled, usage=active.usage)
+            stopped = _cancelled(active)
         else:
             log.error("run %s failed before its turn began", active.run.id, exc_info=exc)
             stopped = _broken(active, exc)
@@ -428,6 +428,11 @@ class ConversationRunner:
         if active.task is not None:
             active.task.cancel()
         return [active.run.id]
+
+
+def _cancelled(active: ActiveRun) -> Stopped:
+    """The end of a run that was cancelled, or whose reader left."""
+    return Stopped(run_id=active.run.id, stop_reason=StopReason.cancelled, usage=active.usage)
 
 
 def _broken(active: ActiveRun, exc: BaseException) -> Stopped:
